@@ -1,0 +1,72 @@
+import pytest
+
+import helpers as h
+from conftest import ROOT
+
+REFERENCE_WORDS = {"numbers": ["seven", "100", "13", "2024"], "emotions": ["happy", "angry", "worried"],
+                   "actions": ["running", "flying", "walks"], "colors": ["blue", "red", "green"]}
+
+
+def test_shipped_dataset_meets_the_spec(concepts):
+    df = concepts
+    assert set(df.concept) == set(h.CATEGORIES)
+    assert (df.groupby("concept").word.nunique() >= 40).all()
+    assert df.groupby("word").size().min() >= 5
+    for concept, words in REFERENCE_WORDS.items():
+        present = set(df[df.concept == concept].word)
+        assert set(words) <= present, f"{concept} lacks reference words {set(words) - present}"
+    # at least 2 sentences of every word come from the neutral frames shared by all categories
+    neutral = [f.replace("{w}", "") for f in ("She wrote the word {w} on the board.", "The next word on the list was {w}.")]
+    shared = df.apply(lambda r: r.sentence.replace(r.word, "", 1) in neutral, axis=1)
+    assert shared.groupby(df.word).sum().min() >= 2
+
+
+def test_generator_reproduces_the_csv(tmp_path):
+    import runpy
+
+    out = tmp_path / "c.csv"
+    runpy.run_path(str(ROOT / "scripts" / "make_concepts.py"), run_name="not_main")["main"](out)
+    assert out.read_bytes() == (ROOT / "data" / "concepts.csv").read_bytes()
+
+
+def test_word_span_whole_word_only():
+    assert h.word_span("He felt happy.", "happy") == (8, 13)
+    assert h.word_span("He felt unhappy.", "happy") is None
+    assert h.word_span("happy happy", "happy") is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("concept,word\nnumbers,seven\n", "lacks column(s) ['sentence']"),
+    ("concept,word,sentence\nnumbers,seven,She counted six coins.\n", "line 2: the word 'seven' occurs 0 times"),
+    ("concept,word,sentence\nnumbers,two,two plus two.\n", "line 2: the word 'two' occurs 2 times"),
+    ("concept,word,sentence\nnumbers,two,She had two coins.\nplanets,mars,We saw mars.\n", "line 3: unknown concept 'planets'"),
+    ("concept,word,sentence\nnumbers,two,She had two coins.\nnumbers,two,She had two coins.\n", "line 3 duplicates line 2"),
+    ("", "is empty"),
+    ("concept,word,sentence\n", "no rows"),
+    ("concept,word,sentence\nnumbers,two,She had two, or three, coins.\n", "line 2 has 5 fields"),
+])
+def test_loader_rejects_bad_files(tmp_path, text, message):
+    p = tmp_path / "c.csv"
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(h.MonosemError) as err:
+        h.load_concepts(p)
+    assert message in str(err.value)
+
+
+def test_loader_rejects_non_utf8(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_bytes(b"concept,word,sentence\nnumbers,two,She had two \xff coins.\n")
+    with pytest.raises(h.MonosemError, match="line 2 is not valid UTF-8"):
+        h.load_concepts(p)
+
+
+def test_loader_rejects_word_in_two_concepts(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text("concept,word,sentence\nnumbers,orange,A orange x.\ncolors,orange,The orange door.\n", encoding="utf-8")
+    with pytest.raises(h.MonosemError, match="several concepts"):
+        h.load_concepts(p)
+
+
+def test_missing_file_says_how_to_make_it(tmp_path):
+    with pytest.raises(h.MonosemError, match="make_concepts.py"):
+        h.load_concepts(tmp_path / "nope.csv")
