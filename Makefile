@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?=
 STAMP := $(VENV)/.setup-stamp
-NOTEBOOKS := $(sorted $(wildcard notebooks/0*.ipynb))
+NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
 .PHONY: setup run test lab clean-results
 

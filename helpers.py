@@ -753,10 +753,11 @@ class SAE(nn.Module):
         return self.decode(f), f
 
 
-def train_sae(acts: Tensor, preset: str = "reference", steps: int = 2000, batch_size: int = 256, seed: int = 0, log_every: int = 10, progress: bool = True, **overrides) -> tuple[SAE, list[dict]]:
-    """Train an SAE on token activations [n_tokens, d_in] with Adam; returns it and the logged losses.
+def train_sae(acts: Tensor, preset: str = "reference", steps: int = 2000, batch_size: int = 256, seed: int = 0, progress: bool = True, **overrides) -> tuple[SAE, list[dict]]:
+    """Train an SAE on token activations [n_tokens, d_in] with Adam; returns it and the loss of every step.
 
-    The per-step losses stay on the device; they are read back only every ``log_every`` steps.
+    Per-step losses are written into a preallocated tensor and read back once at the end, so the
+    training loop never waits on ``.item()``.
     """
     from tqdm.auto import tqdm
 
@@ -769,8 +770,8 @@ def train_sae(acts: Tensor, preset: str = "reference", steps: int = 2000, batch_
     gen = torch.Generator().manual_seed(seed)
     sae = SAE(d_in, d_sae, cfg["apply_b_dec_to_input"], seed=seed)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg["lr"])
-    history, running = [], torch.zeros(3)
-    for step in tqdm(range(1, steps + 1), desc="train SAE", disable=not progress, mininterval=1):
+    losses = torch.zeros(steps, 3)
+    for step in tqdm(range(steps), desc="train SAE", disable=not progress, mininterval=1):
         x = acts[torch.randint(0, len(acts), (batch_size,), generator=gen)]
         x_hat, f = sae(x)
         mse = (x_hat - x).pow(2).mean()
@@ -779,13 +780,9 @@ def train_sae(acts: Tensor, preset: str = "reference", steps: int = 2000, batch_
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        running += torch.stack([loss.detach(), mse.detach(), l1.detach()])
-        if step % log_every == 0 or step == steps:
-            n = log_every if step % log_every == 0 else step % log_every
-            loss_v, mse_v, l1_v = (running / n).tolist()
-            history.append({"step": step, "loss": loss_v, "mse": mse_v, "l1": l1_v})
-            running.zero_()
+        losses[step] = torch.stack([loss.detach(), mse.detach(), l1.detach()])
     sae.eval()
+    history = [{"step": i + 1, "loss": a, "mse": b, "l1": c} for i, (a, b, c) in enumerate(losses.tolist())]
     return sae, history
 
 
@@ -885,7 +882,7 @@ def hook_layer(cfg: dict) -> int:
 
 
 def train_or_load_sae(spec: ModelSpec, cache: ActivationCache, layer: int, preset: str = "reference", steps: int = 2000,
-                      batch_size: int = 256, seed: int = 0, log_every: int = 10) -> tuple[SAE, dict]:
+                      batch_size: int = 256, seed: int = 0) -> tuple[SAE, dict]:
     """The SAE of ``layer``: loaded when the saved one was trained on the same data and settings, else trained and saved.
 
     Returns the SAE and its ``training.json`` record (key, settings, history, metrics, seconds).
@@ -907,7 +904,7 @@ def train_or_load_sae(spec: ModelSpec, cache: ActivationCache, layer: int, prese
             warnings.warn(f"SAE at {folder} is unreadable ({exc}); retraining it")
     acts = cache.tokens(layer)
     t0 = time.perf_counter()
-    sae, history = train_sae(acts, preset, steps, batch_size, seed, log_every)
+    sae, history = train_sae(acts, preset, steps, batch_size, seed)
     seconds = time.perf_counter() - t0
     record = {"key": key, "settings": settings, "history": history, "metrics": sae_metrics(sae, acts),
               "seconds": round(seconds, 2), "tokens_per_second": round(steps * batch_size / seconds, 1)}
