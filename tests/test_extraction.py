@@ -62,9 +62,20 @@ def test_gpt2_word_tokens_bos_and_padding(gpt2_tiny, concepts):
     assert a["L2.tokens"].shape == (n_tok, 64) and a["L0.mean"].shape == (len(df), 64)
     # word mean = mean of the word's token rows; last = the last word token
     rows = (a["token_example"] == 0) & a["token_in_word"]
-    torch.testing.assert_close(a["L2.mean"][0], a["L2.tokens"][rows].mean(0))
-    torch.testing.assert_close(a["L2.last"][0], a["L2.tokens"][rows][-1])
-    torch.testing.assert_close(a["L2.sentence"][0], a["L2.tokens"][a["token_example"] == 0].mean(0))
+    tokens = torch.from_numpy(a["L2.tokens"])
+    torch.testing.assert_close(a["L2.mean"][0], tokens[rows].mean(0))
+    torch.testing.assert_close(a["L2.last"][0], tokens[rows][-1])
+    torch.testing.assert_close(a["L2.sentence"][0], tokens[a["token_example"] == 0].mean(0))
+    # MLP post-activations: GPT-2's mlp.act output, 4 * d_model wide
+    assert a["L2.mlp.mean"].shape == (len(df), 256)
+    seen = {}
+    handle = h.get_blocks(model)[2].mlp.act.register_forward_hook(lambda m, i, o: seen.setdefault("x", o))
+    ids = torch.tensor([enc[0].ids])
+    with torch.inference_mode():
+        model(input_ids=ids)
+    handle.remove()
+    word_rows = torch.tensor(enc[0].in_word)
+    torch.testing.assert_close(a["L2.mlp.mean"][0], seen["x"][0][word_rows].mean(0), atol=1e-5, rtol=1e-5)
 
 
 def test_cache_is_keyed_written_atomically_and_verified(bundled, concepts, data_dir):
@@ -82,9 +93,9 @@ def test_cache_is_keyed_written_atomically_and_verified(bundled, concepts, data_
     assert h.activation_key(spec, df.iloc[1:], [0, 1])[0] != meta["key"]
     assert h.activation_key(spec, df, [0, 2])[0] != meta["key"]
     # a truncated file is detected by its checksum and recomputed with a warning
-    expected = c1.tokens(1).clone()  # c1's tensors are memory-mapped from the file truncated below
+    expected = c1.tokens(1).clone()
     del c1, c2
-    f = h.activations_dir(spec) / meta["key"] / "layer_1.safetensors"
+    f = h.activations_dir(spec) / meta["key"] / "tokens_L1.npy"
     f.write_bytes(f.read_bytes()[:100])
     with pytest.warns(UserWarning, match="damaged"):
         c3 = h.load_or_extract(spec, df, [0, 1], model_and_tokenizer=(model, tok))

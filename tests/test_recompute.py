@@ -49,7 +49,7 @@ def test_csv_scores_match_an_independent_recomputation(bundled, concepts, data_d
     df = h.load_concepts()
     layer = 2
     cache = h.load_or_extract(spec, df, [layer], model_and_tokenizer=(model, tok))
-    h.train_or_load_sae(spec, cache, layer, steps=200, batch_size=64)
+    h.train_or_load_sae(spec, [cache], layer, steps=200, batch_size=64)
     _, tables = h.analyse_layers(spec, df, cache, [layer])
     out = h.write_selectivity_csv(tables[layer], h.results_dir(spec) / f"selectivity_layer_{layer}.csv")
 

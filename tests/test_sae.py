@@ -29,10 +29,10 @@ def test_metrics_textbook_formulas():
 def test_reference_training_learns_and_is_seeded():
     g = torch.Generator().manual_seed(0)
     x = torch.relu(torch.randn(2000, 8, generator=g)) @ torch.randn(8, 16, generator=g)
-    sae, hist = h.train_sae(x, "reference", steps=400, batch_size=128, seed=1, progress=False)
+    sae, hist, _ = h.train_sae(x, "reference", steps=400, batch_size=128, seed=1, progress=False)
     assert sae.d_sae == 8 and hist[-1]["loss"] < 0.5 * hist[0]["loss"]
     assert h.sae_metrics(sae, x)["fve"] > 0.5
-    sae2, hist2 = h.train_sae(x, "reference", steps=400, batch_size=128, seed=1, progress=False)
+    sae2, hist2, _ = h.train_sae(x, "reference", steps=400, batch_size=128, seed=1, progress=False)
     torch.testing.assert_close(sae.W_enc, sae2.W_enc)
     with pytest.raises(h.MonosemError, match="unknown SAE preset"):
         h.train_sae(x, "nope", steps=1)
@@ -79,10 +79,10 @@ def test_train_or_load_skips_retraining(bundled, concepts, data_dir):
     spec, model, tok = bundled
     df = concepts[concepts.word.isin(["green", "seven", "dog"])].reset_index(drop=True)
     cache = h.load_or_extract(spec, df, [0], model_and_tokenizer=(model, tok))
-    sae, rec = h.train_or_load_sae(spec, cache, 0, steps=20, batch_size=16)
+    sae, rec = h.train_or_load_sae(spec, [cache], 0, steps=20, batch_size=16)
     assert (h.sae_folder(spec, 0) / "training.json").is_file() and len(rec["history"]) == 20
-    sae2, rec2 = h.train_or_load_sae(spec, cache, 0, steps=20, batch_size=16)
+    sae2, rec2 = h.train_or_load_sae(spec, [cache], 0, steps=20, batch_size=16)
     assert rec2["key"] == rec["key"]
     torch.testing.assert_close(sae2.W_enc, sae.W_enc)
-    _, rec3 = h.train_or_load_sae(spec, cache, 0, steps=30, batch_size=16)
+    _, rec3 = h.train_or_load_sae(spec, [cache], 0, steps=30, batch_size=16)
     assert rec3["key"] != rec["key"]
