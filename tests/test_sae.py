@@ -23,7 +23,7 @@ def test_metrics_textbook_formulas():
     m = h.sae_metrics(sae, x, batch_size=7)
     assert m["l0"] == 1.0 and m["dead_fraction"] == 0.5 and m["n_dead"] == 1
     assert m["mse"] == pytest.approx(x.pow(2).mean().item(), rel=1e-5)
-    assert m["fve"] == pytest.approx(1 - x.pow(2).sum().item() / (x - x.mean(0)).pow(2).sum().item(), rel=1e-5)
+    assert m["fve"] == pytest.approx(1 - x.pow(2).sum().item() / (x - x.mean(0)).pow(2).sum().item(), abs=1e-6)
 
 
 def test_reference_training_learns_and_is_seeded():
@@ -86,3 +86,93 @@ def test_train_or_load_skips_retraining(bundled, concepts, data_dir):
     torch.testing.assert_close(sae2.W_enc, sae.W_enc)
     _, rec3 = h.train_or_load_sae(spec, [cache], 0, steps=30, batch_size=16)
     assert rec3["key"] != rec["key"]
+
+
+def structured_data(n=3000, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.relu(torch.randn(n, 4 * d, generator=g) - 1.5)  # sparse non-negative codes
+    return codes @ torch.randn(4 * d, d, generator=g) + 0.5  # offset: b_dec matters
+
+
+@pytest.mark.parametrize("preset", ["l1", "topk"])
+def test_presets_learn_and_fold_their_input_scale_exactly(preset):
+    x = structured_data() * 7.0  # far from norm sqrt(d): the scale matters
+    sae, hist, cfg = h.train_sae(x, preset, steps=300, batch_size=128, seed=0, progress=False, expansion=4, **({"k": 8} if preset == "topk" else {}))
+    assert cfg["input_scale"] == pytest.approx(16 ** 0.5 / x.norm(dim=1).mean().item(), rel=1e-4)
+    assert sae.d_sae == 64 and hist[-1]["mse"] < hist[0]["mse"]
+    m = h.sae_metrics(sae, x)
+    assert m["fve"] > 0.5
+    if preset == "topk":
+        assert m["l0"] == pytest.approx(8.0, abs=0.05) and m["l0"] <= 8 and sae.architecture == "topk"
+        assert torch.allclose(sae.W_dec.norm(dim=1) * cfg["input_scale"], torch.ones(64), atol=1e-4)  # unit norm before folding
+
+
+def test_folding_the_scale_keeps_feature_activations():
+    sae = h.SAE(8, 5, apply_b_dec_to_input=True, seed=0, architecture="topk", k=2)
+    x = torch.randn(10, 8)
+    f_scaled = sae.encode(x * 3.0)
+    x_hat_scaled = sae.decode(f_scaled)
+    sae.fold_input_scale(3.0)
+    torch.testing.assert_close(sae.encode(x), f_scaled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae.decode(sae.encode(x)), x_hat_scaled / 3.0, atol=1e-5, rtol=1e-5)
+
+
+def test_topk_keeps_fewer_dead_features_than_reference_on_offset_data():
+    # activations far from the origin (as GPT-2's residual stream is): with nn.Linear init and no b_dec
+    # centring many reference features never fire; TopK starts from b_dec = mean and AuxK revives the rest
+    x = structured_data(n=4000, d=16, seed=2) + 8.0
+    ref, _, _ = h.train_sae(x, "reference", steps=400, batch_size=128, seed=0, progress=False, expansion=4)
+    topk, _, _ = h.train_sae(x, "topk", steps=400, batch_size=128, seed=0, progress=False, expansion=4, k=4, dead_steps=20)
+    m_ref, m_topk = h.sae_metrics(ref, x), h.sae_metrics(topk, x)
+    assert m_topk["l0"] == pytest.approx(4.0, abs=0.01)
+    assert m_topk["dead_fraction"] < m_ref["dead_fraction"], (m_topk, m_ref)
+
+
+def test_unknown_override_is_an_error():
+    with pytest.raises(h.MonosemError, match="unknown setting"):
+        h.train_sae(torch.randn(10, 4), "l1", steps=1, expansoin=2)
+
+
+@pytest.mark.parametrize("preset", ["reference", "l1", "topk"])
+def test_every_preset_encodes_identically_in_saelens(tmp_path, preset):
+    sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is not installed (optional extra: pip install -e .[saelens])")
+    x = structured_data(n=500) * 5.0
+    sae, _, _ = h.train_sae(x, preset, steps=20, batch_size=64, seed=0, progress=False, **({} if preset == "reference" else {"expansion": 2}))
+    h.save_sae(sae, tmp_path / preset, "m", 0)
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / preset), device="cpu")
+    assert type(theirs).__name__ == ("TopKSAE" if preset == "topk" else "StandardSAE")
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.encode(x), sae.encode(x), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(theirs.decode(theirs.encode(x)), sae(x)[0], atol=1e-4, rtol=1e-5)
+
+
+def perfect_sae(d):
+    """relu(x) - relu(-x) = x: reconstructs every input exactly."""
+    sae = h.SAE(d, 2 * d, seed=0)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1)); sae.b_enc.zero_()
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0)); sae.b_dec.zero_()
+    return sae
+
+
+def test_fidelity_ce_loss_recovered_on_gpt2(gpt2_tiny):
+    model, tok = gpt2_tiny
+    texts = ["The cat sat on the mat.", "Seven green apples fell from the old tree today."]
+    d = model.config.n_embd
+    full = h.splice_fidelity(model, tok, texts, 1, perfect_sae(d), torch.zeros(d))
+    assert full["kind"] == "ce_loss_recovered" and full["ce_recovered_zero"] == pytest.approx(1.0, abs=1e-4)
+    assert full["ce_sae"] == pytest.approx(full["ce_clean"], abs=1e-4)
+    zero = h.SAE(d, 4, seed=0)
+    with torch.no_grad():
+        zero.W_dec.zero_(); zero.b_dec.zero_()
+    none = h.splice_fidelity(model, tok, texts, 1, zero, torch.zeros(d))
+    assert none["ce_recovered_zero"] == pytest.approx(0.0, abs=1e-4)  # reconstructs nothing = zero ablation
+    assert none["ce_recovered_mean"] == pytest.approx(0.0, abs=1e-4)  # the mean passed is 0: mean ablation = zero ablation
+
+
+def test_fidelity_output_cosine_on_the_encoder(bundled):
+    spec, model, tok = bundled
+    d = model.config.hidden_size
+    out = h.splice_fidelity(model, tok, ["She painted the door green."], 2, perfect_sae(d), torch.zeros(d))
+    assert out["kind"] == "output_cosine" and out["cos_sae"] == pytest.approx(1.0, abs=1e-4) and out["cos_zero"] < 0.9

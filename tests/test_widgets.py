@@ -20,7 +20,8 @@ def tables():
 def test_explorer_view_is_pure_and_consistent(tables):
     v = h.explorer_view(tables, 1, 0.6)
     assert v["count"] == int((tables[1].score > 0.6).sum()) == len(v["indices"])
-    assert sum(v["hist"]["y"]) == 40
+    assert sum(sum(d["y"]) for d in v["hists"].values()) == 40
+    assert sum(v["hists"]["at or below threshold"]["y"]) == 40 - v["count"]
     assert h.explorer_view(tables, 1, 0.6) == v
     with pytest.raises(h.MonosemError):
         h.explorer_view(tables, 7, 0.6)
@@ -34,10 +35,12 @@ def test_threshold_and_layer_sliders_update_the_figure(tables):
     count0, title0, y0 = ex.count, ex.figure.layout.title.text, tuple(ex.figure.data[0].y)
     ex.threshold.value = 0.3
     assert ex.count == int((tables[0].score > 0.3).sum()) and ex.count > count0
+    assert tuple(ex.figure.data[0].y) != y0  # fewer features at or below the lower threshold
     assert ex.figure.layout.shapes[0].x0 == 0.3 and ex.figure.layout.title.text != title0
     assert "0.30" in ex.listing.value
+    y1 = tuple(ex.figure.data[0].y) + tuple(ex.figure.data[1].y)
     ex.layer.value = 2
-    assert tuple(ex.figure.data[0].y) != y0 and "layer 2" in ex.figure.layout.title.text
+    assert tuple(ex.figure.data[0].y) + tuple(ex.figure.data[1].y) != y1 and "layer 2" in ex.figure.layout.title.text
     assert ex.count == int((tables[2].score > 0.3).sum())
 
 
