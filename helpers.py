@@ -594,19 +594,46 @@ def pad_batch(encoded: Sequence[Encoded], batch: Sequence[int], pad_id: int) -> 
 TOKEN_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
+class NpyRowWriter:
+    """Writes rows of a [n, d] array into a ``.npy`` file at given row offsets with plain file writes.
+
+    Unlike a writable memory map, the written pages live in the OS page cache, not in the process's
+    memory, so extraction memory stays flat however large the corpus. ``np.load(path, mmap_mode='r')``
+    reads the result.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, int], dtype: Any):
+        self.dtype = np.dtype(dtype)
+        self.file = open(path, "wb")
+        np.lib.format.write_array_header_2_0(self.file, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape})
+        self.start = self.file.tell()
+        self.row_bytes = shape[1] * self.dtype.itemsize
+        self.file.truncate(self.start + shape[0] * self.row_bytes)
+
+    def write(self, row: int, values: np.ndarray) -> None:
+        self.file.seek(self.start + row * self.row_bytes)
+        self.file.write(np.ascontiguousarray(values, dtype=self.dtype).tobytes())
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def extract_activations(model: nn.Module, tokenizer: Any, df: pd.DataFrame | None, layers: Sequence[int], batch_size: int = 32,
                         device: torch.device | str = "cpu", progress: bool = True, token_dir: Path | None = None,
-                        texts: Sequence[str] | None = None, mlp: bool = True, dtype: str = "float32", max_length: int = 128) -> dict[str, Any]:
+                        texts: Sequence[str] | None = None, mlp: bool = True, dtype: str = "float32", max_length: int = 128,
+                        chunk_size: int = 512) -> dict[str, Any]:
     """Run the model once over every text and collect per-layer activations.
 
     With ``df`` (the concept dataset): pooled word-level tensors ``L{L}.{mean|last|sentence}``
     [n_examples, d_model] (word-token mean, word last token, mean over the sentence's non-special
     tokens) and, with ``mlp``, the same poolings of the MLP post-activations ``L{L}.mlp.{pooling}``
     [n_examples, d_mlp]. With ``texts`` instead (a background corpus): no pooling. Always: every
-    non-special token ``L{L}.tokens`` [n_tokens, d_model] (a numpy array; streamed batch by batch
-    into ``token_dir/tokens_L{L}.npy`` memory maps when ``token_dir`` is given, so memory does not
-    grow with the corpus) and the token index ``token_example``, ``token_position``, ``token_id``,
-    ``token_in_word`` [n_tokens].
+    non-special token ``L{L}.tokens`` [n_tokens, d_model] and the token index ``token_example``,
+    ``token_position``, ``token_id``, ``token_in_word`` [n_tokens].
+
+    With ``token_dir`` the token activations are streamed batch by batch into
+    ``token_dir/tokens_L{L}.npy`` (returned as read-only memory maps), and texts are tokenised
+    ``chunk_size`` at a time (a first pass only counts tokens), so memory does not grow with the corpus.
     """
     from tqdm.auto import tqdm
 
@@ -614,52 +641,66 @@ def extract_activations(model: nn.Module, tokenizer: Any, df: pd.DataFrame | Non
         raise MonosemError(f"unknown activation dtype {dtype!r}; use one of {list(TOKEN_DTYPES)}")
     layers = check_layers(layers, len(get_blocks(model)), type(model).__name__)
     if df is not None:
-        encoded = encode_examples(tokenizer, df["sentence"].tolist(), list(zip(df["word_start"], df["word_end"])))
+        all_texts, spans, max_length = df["sentence"].tolist(), list(zip(df["word_start"], df["word_end"])), None
     else:
-        encoded = encode_examples(tokenizer, list(texts), None, max_length=max_length)
-        mlp = False
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    n = len(encoded)
-    counts = np.array([len(e.ids) - sum(e.special) for e in encoded])
+        all_texts, spans, mlp = list(texts), None, False
+    n = len(all_texts)
+    chunks = [(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
+
+    def encode(lo: int, hi: int) -> list[Encoded]:
+        return encode_examples(tokenizer, all_texts[lo:hi], spans[lo:hi] if spans else None, max_length=max_length)
+
+    counts = np.concatenate([[len(e.ids) - sum(e.special) for e in encode(lo, hi)] for lo, hi in chunks]).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     n_tok = int(offsets[-1])
     d_model = model.config.hidden_size
-    sinks: dict[int, np.ndarray] = {}
+    sinks: dict[int, Any] = {}
     for L in layers:
         if token_dir is not None:
-            sinks[L] = np.lib.format.open_memmap(Path(token_dir) / f"tokens_L{L}.npy", mode="w+", dtype=TOKEN_DTYPES[dtype], shape=(n_tok, d_model))
+            sinks[L] = NpyRowWriter(Path(token_dir) / f"tokens_L{L}.npy", (n_tok, d_model), TOKEN_DTYPES[dtype])
         else:
             sinks[L] = np.empty((n_tok, d_model), dtype=TOKEN_DTYPES[dtype])
-    index = np.zeros((n_tok, 4), dtype=np.int64)
+    index = np.zeros((n_tok, 4), dtype=np.int32)
     pooled: dict[str, Tensor] = {}
-    for batch in tqdm(length_batches([len(e.ids) for e in encoded], batch_size), desc="extract", disable=not progress):
-        ids, attn, keep, word = pad_batch(encoded, batch, pad_id)
-        resid, neurons = run_layers(model, ids.to(device), attn.to(device), layers, mlp=mlp)
-        rows = torch.tensor(batch)
-        for L in layers:
-            a = resid[L].float().cpu()  # [b, t, d]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    bar = tqdm(total=n, desc="extract", unit="text", disable=not progress)
+    for lo, hi in chunks:
+        encoded = encode(lo, hi)
+        for local in length_batches([len(e.ids) for e in encoded], batch_size):
+            batch = [lo + i for i in local]
+            ids, attn, keep, word = pad_batch(encoded, local, pad_id)
+            resid, neurons = run_layers(model, ids.to(device), attn.to(device), layers, mlp=mlp)
+            for L in layers:
+                a = resid[L].float().cpu()  # [b, t, d]
+                for r, i in enumerate(batch):
+                    if token_dir is not None:
+                        sinks[L].write(offsets[i], a[r][keep[r]].numpy())
+                    else:
+                        sinks[L][offsets[i] : offsets[i + 1]] = a[r][keep[r]].numpy()
+                if df is None:
+                    continue
+                rows = torch.tensor(batch)
+                sources = [("", a)] + ([("mlp.", neurons[L].float().cpu())] if mlp else [])
+                last_pos = torch.tensor([max(j for j, w in enumerate(encoded[i].in_word) if w) for i in local])
+                for prefix, x in sources:
+                    for p in POOLINGS:
+                        pooled.setdefault(f"L{L}.{prefix}{p}", torch.zeros((n, x.shape[-1])))
+                    pooled[f"L{L}.{prefix}mean"][rows] = (x * word[..., None]).sum(1) / word.sum(1, keepdim=True)
+                    pooled[f"L{L}.{prefix}last"][rows] = x[torch.arange(len(batch)), last_pos]
+                    pooled[f"L{L}.{prefix}sentence"][rows] = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
             for r, i in enumerate(batch):
-                sinks[L][offsets[i] : offsets[i + 1]] = a[r][keep[r]].numpy()
-            if df is None:
-                continue
-            sources = [("", a)] + ([("mlp.", neurons[L].float().cpu())] if mlp else [])
-            last_pos = torch.tensor([max(j for j, w in enumerate(encoded[i].in_word) if w) for i in batch])
-            for prefix, x in sources:
-                for p in POOLINGS:
-                    pooled.setdefault(f"L{L}.{prefix}{p}", torch.zeros((n, x.shape[-1])))
-                pooled[f"L{L}.{prefix}mean"][rows] = (x * word[..., None]).sum(1) / word.sum(1, keepdim=True)
-                pooled[f"L{L}.{prefix}last"][rows] = x[torch.arange(len(batch)), last_pos]
-                pooled[f"L{L}.{prefix}sentence"][rows] = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)
-        for r, i in enumerate(batch):
-            pos = torch.nonzero(keep[r]).squeeze(1)
-            index[offsets[i] : offsets[i + 1]] = np.stack([np.full(len(pos), i), pos.numpy(), ids[r, pos].numpy(), word[r, pos].numpy()], 1)
+                pos = torch.nonzero(keep[r]).squeeze(1)
+                index[offsets[i] : offsets[i + 1]] = np.stack([np.full(len(pos), i), pos.numpy(), ids[r, pos].numpy(), word[r, pos].numpy()], 1)
+            bar.update(len(batch))
+    bar.close()
     out: dict[str, Any] = dict(pooled)
     for L in layers:
-        if isinstance(sinks[L], np.memmap):
-            sinks[L].flush()
+        if token_dir is not None:
+            sinks[L].close()
+            sinks[L] = np.load(Path(token_dir) / f"tokens_L{L}.npy", mmap_mode="r")
         out[f"L{L}.tokens"] = sinks[L]
     for j, name in enumerate(("token_example", "token_position", "token_id")):
-        out[name] = torch.from_numpy(index[:, j].copy())
+        out[name] = torch.from_numpy(index[:, j].astype(np.int64))
     out["token_in_word"] = torch.from_numpy(index[:, 3].astype(bool))
     return out
 

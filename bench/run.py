@@ -74,7 +74,7 @@ def gpt2_medium_random():
 def texts_of_length(tok, n: int, seq: int) -> list[str]:
     """``n`` background texts cut to exactly ``seq`` tokens each (BOS included), so every method sees the same tokens."""
     out = []
-    for text in h.background_texts(n * seq * 2):
+    for text in h.background_texts(n * seq * 4, words_per_text=120):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         if len(ids) >= seq - 1:
             out.append(tok.decode(ids[: seq - 1]))
