@@ -923,7 +923,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                       init="linear", b_dec_init=None, mse="mean", l1_decoder_norm=False, lr_warmup=0.0, lr_decay=0.0, l1_warmup=0.0),
     # Anthropic's April 2024 recipe: inputs scaled to mean norm sqrt(d_in), b_dec at the data mean,
     # tied init with decoder rows of norm 0.1, L1 weighted by decoder row norms, warm-ups and decay.
-    "l1": dict(architecture="standard", expansion=8, l1=2.0, lr=1e-3, apply_b_dec_to_input=True, scale_inputs=True,
+    "l1": dict(architecture="standard", expansion=8, l1=2.0, lr=2e-3, apply_b_dec_to_input=True, scale_inputs=True,
                init="tied", b_dec_init="mean", mse="sum", l1_decoder_norm=True, lr_warmup=0.05, lr_decay=0.2, l1_warmup=0.1),
     # OpenAI's TopK recipe: k active features, unit-norm decoder rows, AuxK loss on dead features.
     "topk": dict(architecture="topk", expansion=8, k=32, lr=1e-3, apply_b_dec_to_input=True, scale_inputs=True, init="tied",

@@ -251,6 +251,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats, smaller SAE runs")
     ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"))
+    ap.add_argument("--commands", action="store_true", help="also time `make run` (caches cleared first) and `make test` (~10 min more)")
     args = ap.parse_args()
     repeat = 2 if args.quick else 3
     torch.manual_seed(0)
@@ -276,7 +277,24 @@ def main() -> None:
     results["memory"] = [dict(zip(("tokens", "peak_rss_mb"), extraction_peak_rss(n))) for n in (small, 8 * small)]
     results["widgets"] = bench_widgets()
     results["statistics"] = [bench_statistics(8192), bench_statistics(512)]
+    if args.commands:
+        results["commands"] = time_commands()
     write_report(results, Path(args.out))
+
+
+def time_commands() -> dict:
+    """Wall time of `make run` on the bundled model with empty caches, and of `make test` (set-up done)."""
+    import shutil
+
+    out = {}
+    for sub in ("activations", "saes", "results"):
+        shutil.rmtree(ROOT / "data" / sub, ignore_errors=True)
+    for target in ("run", "test"):
+        t0 = time.perf_counter()
+        proc = subprocess.run(["make", target, "MODEL=bundled"] if target == "run" else ["make", target], cwd=ROOT, capture_output=True, text=True)
+        out[f"make {target}"] = {"seconds": time.perf_counter() - t0, "ok": proc.returncode == 0}
+        print(f"make {target}: {out[f'make {target}']['seconds']:.0f} s, exit {proc.returncode}")
+    return out
 
 
 def ratio(a, b):
@@ -321,6 +339,11 @@ def write_report(r: dict, path: Path) -> None:
     lines += ["", "## Statistics (score, index, AUROC, 1,000 permutations, 1,000 bootstraps, held-out splits)", "", "| units per layer | layers | seconds |", "|---|---|---|"]
     lines += [f"| {s['units_per_layer']} | {s['layers']} | {s['seconds']:.1f} |" for s in r["statistics"]]
     goals.append(("statistics for 4 layers x 8192 units under 60 s", r["statistics"][0]["seconds"], 60.0))
+    if "commands" in r:
+        lines += ["", "## Commands (bundled model, 2 CPU cores)", "", "| command | seconds | passed |", "|---|---|---|"]
+        lines += [f"| `{k}` | {v['seconds']:.0f} | {'yes' if v['ok'] else 'NO'} |" for k, v in r["commands"].items()]
+        goals.append(("make run (empty caches) under 300 s", r["commands"]["make run"]["seconds"], 300.0))
+        goals.append(("make test under 900 s", r["commands"]["make test"]["seconds"], 900.0))
     lines += ["", "## Goals", "", "| goal | measured | target | met |", "|---|---|---|---|"]
     for name, value, target in goals:
         lower_is_better = "under" in name or "within" in name
