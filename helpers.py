@@ -2314,13 +2314,6 @@ def write_json(path: Path, obj: Any) -> Path:
     return path
 
 
-def read_json(path: Path, made_by: str) -> Any:
-    """Read JSON, or say which notebook writes the file."""
-    if not Path(path).is_file():
-        raise MonosemError(f"{path} not found; run {made_by} first")
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
 def write_selectivity_csv(table: pd.DataFrame, path: Path) -> Path:
     """Atomically write the per-feature table (feature, score, top_concept, mean_<concept>, ...)."""
     atomic_write_text(path, table.to_csv(index=False, float_format="%.6g"))

@@ -183,7 +183,7 @@ def bench_sae_training(d_in: int, d_sae: int, batch: int, steps: int) -> dict:
 
 
 def extraction_peak_rss(n_texts: int) -> float:
-    """Peak RSS (MB) of a fresh process that extracts ``n_texts`` background texts with the bundled model to disk."""
+    """Peak RSS (MB, the kernel's VmHWM) of a fresh process that extracts ``n_texts`` background texts with the bundled model to disk."""
     code = f"""
 import resource, sys, tempfile, os
 sys.path.insert(0, {str(ROOT)!r})
@@ -194,7 +194,9 @@ texts = (h.background_texts(60000) * 100)[:{n_texts}]
 with tempfile.TemporaryDirectory() as d:
     out = h.extract_activations(model, tok, None, [0, 1, 2, 3], batch_size=32, texts=texts, token_dir=Path(d), progress=False)
     n = out['token_id'].numel()
-print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+import re
+# VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child would report its parent's (larger) peak
+print(n, int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
     n_tok, rss = out.stdout.strip().splitlines()[-1].split()
