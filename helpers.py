@@ -1044,6 +1044,11 @@ class TokenSource:
         self.in_ram = self.n * self.d * 4 <= ram_limit
         self.data = torch.from_numpy(np.concatenate([np.asarray(a, dtype=np.float32) for a in self.arrays])) if self.in_ram else None
 
+    @classmethod
+    def of(cls, acts: "Tensor | TokenSource") -> "TokenSource":
+        """``acts`` itself if it is a TokenSource, else one over the tensor [n, d]."""
+        return acts if isinstance(acts, cls) else cls([acts.float().numpy()])
+
     def rows(self, idx: Tensor) -> Tensor:
         """Rows ``idx`` [b] as a float32 tensor [b, d]."""
         if self.in_ram:
@@ -1124,7 +1129,7 @@ def train_sae(acts: Tensor | TokenSource, preset: str = "reference", steps: int 
     """
     from tqdm.auto import tqdm
 
-    source = acts if isinstance(acts, TokenSource) else TokenSource([acts.float().numpy()])
+    source = TokenSource.of(acts)
     gen = torch.Generator().manual_seed(seed)
     sae, cfg = init_sae(source, preset, gen, seed, **overrides)
     d_in, d_sae, scale = sae.d_in, sae.d_sae, cfg.get("input_scale", 1.0)
@@ -1197,7 +1202,7 @@ def sae_metrics(sae: SAE, acts: Tensor | TokenSource, batch_size: int = 8192) ->
     fve = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (the textbook formula; SAELens's eval
     reports another); dead: never active on ``acts``; dense: active on more than 10% of tokens.
     """
-    source = acts if isinstance(acts, TokenSource) else TokenSource([acts.float().numpy()])
+    source = TokenSource.of(acts)
     mean, _ = source.mean_and_norm()
     sq_err = sq_tot = active = 0.0
     fire_counts = torch.zeros(sae.d_sae)
