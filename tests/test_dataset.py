@@ -1,7 +1,7 @@
 import pytest
+from conftest import ROOT
 
 import helpers as h
-from conftest import ROOT
 
 REFERENCE_WORDS = {"numbers": ["seven", "100", "13", "2024"], "emotions": ["happy", "angry", "worried"],
                    "actions": ["running", "flying", "walks"], "colors": ["blue", "red", "green"]}

@@ -7,10 +7,9 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+from conftest import ROOT
 
 import helpers as h
-from conftest import ROOT
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 import helpers as h
-from conftest import ROOT
 
 sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is not installed (optional extra: pip install -e '.[saelens]')")
 
@@ -98,7 +98,6 @@ def test_notebooks_03_and_04_analyse_a_saelens_folder(tmp_path):
 
 def test_dashboard_data_html_escaping_and_export(bundled, tmp_path, data_dir):
     spec, model, tok = bundled
-    import pandas as pd
 
     df = h.load_concepts()
     df = df[df.word.isin(["green", "red", "seven", "happy", "running", "dog"])].reset_index(drop=True)

@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 
 import helpers as h
-from conftest import ROOT
 
 
 def independent_scores(csv_path, model, tok, sae_dir, layer):

@@ -1,9 +1,8 @@
 import numpy as np
-import pandas as pd
 import pytest
+from test_selectivity import toy_df
 
 import helpers as h
-from test_selectivity import toy_df
 
 
 @pytest.fixture

@@ -1,0 +1,86 @@
+"""The concept dataset: the categories, reading and validating data/concepts.csv, and its content hash."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from monosem.config import MonosemError
+from monosem.io import hash_json
+
+CONCEPTS: tuple[str, ...] = ("numbers", "emotions", "actions", "colors")
+CONTROLS: tuple[str, ...] = ("animals", "foods", "tools", "places")
+CATEGORIES: tuple[str, ...] = CONCEPTS + CONTROLS
+REQUIRED_COLUMNS: tuple[str, ...] = ("concept", "word", "sentence")
+
+
+def word_span(sentence: str, word: str) -> tuple[int, int] | None:
+    """Character span of ``word`` as a whole word in ``sentence``, or None unless it occurs exactly once."""
+    hits = [m.span() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", sentence)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def load_concepts(path: Path | str, categories: Sequence[str] = CATEGORIES, concepts: Sequence[str] = CONCEPTS) -> pd.DataFrame:
+    """Read and validate the concept dataset (columns concept, word, sentence).
+
+    Errors name the line of the file and what is wrong. Adds ``is_concept`` (in ``concepts``), ``label`` (index in
+    ``categories``), ``word_start``/``word_end`` (character span) and ``word_id``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MonosemError(f"concept dataset {path} not found; regenerate it with `python scripts/make_concepts.py`")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise MonosemError(f"{path}: line {line} is not valid UTF-8 (byte {exc.start}); save the file as UTF-8") from None
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or not any(cell.strip() for cell in rows[0]):
+        raise MonosemError(f"{path} is empty; it needs a header line 'concept,word,sentence' and one row per sentence")
+    header = [c.strip() for c in rows[0]]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise MonosemError(f"{path}: line 1 lacks column(s) {missing}; the header must be 'concept,word,sentence' (found {header})")
+    col = {c: header.index(c) for c in REQUIRED_COLUMNS}
+    records, seen = [], {}
+    for line_no, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise MonosemError(f"{path}: line {line_no} has {len(row)} fields, expected {len(header)}; quote sentences that contain commas")
+        concept, word, sentence = (row[col[c]].strip() for c in REQUIRED_COLUMNS)
+        if concept not in categories:
+            raise MonosemError(f"{path}: line {line_no}: unknown concept {concept!r}; use one of {list(categories)}")
+        if not word or not sentence:
+            raise MonosemError(f"{path}: line {line_no}: empty word or sentence")
+        span = word_span(sentence, word)
+        if span is None:
+            n = len(re.findall(rf"(?<!\w){re.escape(word)}(?!\w)", sentence))
+            raise MonosemError(f"{path}: line {line_no}: the word {word!r} occurs {n} times as a whole word in {sentence!r}; it must occur exactly once")
+        key = (concept, word, sentence)
+        if key in seen:
+            raise MonosemError(f"{path}: line {line_no} duplicates line {seen[key]}; remove one of them")
+        seen[key] = line_no
+        records.append((concept, word, sentence, *span))
+    if not records:
+        raise MonosemError(f"{path} has a header but no rows")
+    df = pd.DataFrame(records, columns=["concept", "word", "sentence", "word_start", "word_end"])
+    owners = df.groupby("word")["concept"].nunique()
+    if (owners > 1).any():
+        w = owners[owners > 1].index[0]
+        raise MonosemError(f"{path}: word {w!r} is listed under several concepts {sorted(df[df.word == w].concept.unique())}; keep it in one")
+    df["is_concept"] = df["concept"].isin(list(concepts))
+    df["label"] = df["concept"].map({c: i for i, c in enumerate(categories)}).astype(int)
+    df["word_id"] = pd.factorize(df["word"])[0]
+    return df
+
+
+def dataset_hash(df: pd.DataFrame) -> str:
+    """Hash of the dataset content that determines activations (concept, word, sentence)."""
+    return hash_json(df[list(REQUIRED_COLUMNS)].values.tolist())

@@ -1,0 +1,181 @@
+"""The result files under ``data/results/<model>/``: the only module that writes or reads them.
+
+Typed records name the model (and, where it matters, the preset) they describe, and every reader
+checks them against what the caller expects, so one preset's table is never paired with another
+preset's SAE or another model's run:
+
+- ``sae_metrics.json`` (notebook 02): ``SaeMetricsFile``
+- ``summary.json`` (notebook 03): ``Summary``
+- ``<preset>/selectivity_layer_<L>.csv`` (notebook 03): one row per unit of that preset's SAE
+- ``features/layer_<L>_feature_<i>.json`` (notebook 04) and ``figures/*.html``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from monosem.bases import Comparison
+from monosem.cache import ActivationCache
+from monosem.config import MonosemError, RunConfig
+from monosem.io import atomic_write_text, read_json, slugify, write_json
+from monosem.model import ModelSpec
+from monosem.paths import ModelPaths
+from monosem.sae.saelens import load_sae
+from monosem.sae.train import TokenSource, sae_metrics
+from monosem.selectivity import layer_summary
+
+TIMING_KEYS = ("seconds", "tokens_per_second")  # vary run to run: kept in sae_metrics.json, left out of summary.json
+
+
+def _check_model(path: Path, found: str, spec: ModelSpec, notebook: str) -> None:
+    if found != spec.used:
+        raise MonosemError(f"{path} describes {found!r}, not {spec.used!r}; rerun {notebook} for this model")
+
+
+@dataclass
+class SaeMetricsFile:
+    """``sae_metrics.json``: per preset and layer, the SAE's metrics on its training tokens and its downstream fidelity."""
+
+    model_asked: str
+    model_used: str
+    steps: int
+    batch_size: int
+    seed: int
+    per_preset: dict[str, dict[str, dict[str, Any]]]  # preset -> str(layer) -> metrics
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "per_layer": self.per_preset.get("reference", {})}
+
+
+def write_sae_metrics(mp: ModelPaths, record: SaeMetricsFile) -> Path:
+    """Write ``sae_metrics.json`` atomically."""
+    return write_json(mp.results / "sae_metrics.json", record.to_json())
+
+
+def read_sae_metrics(mp: ModelPaths, spec: ModelSpec) -> SaeMetricsFile | None:
+    """``sae_metrics.json`` of this model, or None when notebook 02 has not written it (e.g. imported SAEs)."""
+    path = mp.results / "sae_metrics.json"
+    if not path.is_file():
+        return None
+    raw = read_json(path, "SAE metrics", "rerun notebooks/02_train_sae.ipynb")
+    try:
+        record = SaeMetricsFile(**{f.name: raw[f.name] for f in dataclasses.fields(SaeMetricsFile)})
+    except (KeyError, TypeError) as exc:
+        raise MonosemError(f"{path} lacks {exc}; rerun notebooks/02_train_sae.ipynb") from None
+    _check_model(path, record.model_used, spec, "notebooks/02_train_sae.ipynb")
+    return record
+
+
+@dataclass
+class Summary:
+    """``summary.json``: the run's settings, per-layer counts of the analysed preset, every preset, the baselines."""
+
+    model_asked: str
+    model_used: str
+    model_revision: str
+    layers: list[int]
+    threshold: float
+    alpha: float
+    pooling: str
+    sae_preset: str
+    n_permutations: int
+    n_bootstrap: int
+    n_splits: int
+    seed: int
+    per_layer: dict[str, dict[str, Any]]
+    presets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    baselines: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def write_summary(mp: ModelPaths, summary: Summary) -> Path:
+    """Write ``summary.json`` atomically."""
+    return write_json(mp.results / "summary.json", summary.to_json())
+
+
+def read_summary(mp: ModelPaths, spec: ModelSpec, preset: str | None = None) -> Summary:
+    """``summary.json`` of this model (and, if given, of ``preset``), or an error that says to run notebook 03."""
+    path = mp.results / "summary.json"
+    raw = read_json(path, "summary", "run notebooks/03_selectivity.ipynb first")
+    try:
+        summary = Summary(**{f.name: raw[f.name] for f in dataclasses.fields(Summary)})
+    except (KeyError, TypeError) as exc:
+        raise MonosemError(f"{path} lacks {exc}; rerun notebooks/03_selectivity.ipynb") from None
+    _check_model(path, summary.model_used, spec, "notebooks/03_selectivity.ipynb")
+    if preset is not None and summary.sae_preset != preset:
+        raise MonosemError(f"{path} describes the {summary.sae_preset!r} SAEs, not {preset!r}; rerun notebooks/03_selectivity.ipynb "
+                           f"with MONOSEM_SAE_PRESET={preset}, or use MONOSEM_SAE_PRESET={summary.sae_preset} here")
+    return summary
+
+
+def metrics_without_timing(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` less the wall-clock fields, which differ run to run."""
+    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
+
+
+def write_selectivity_tables(mp: ModelPaths, preset: str, tables: dict[int, pd.DataFrame]) -> list[Path]:
+    """Write one CSV per layer to ``<results>/<preset>/selectivity_layer_<L>.csv`` (feature, score, top_concept, ...)."""
+    return [atomic_write_text(mp.selectivity_csv(preset, L), t.to_csv(index=False, float_format="%.6g")) for L, t in tables.items()]
+
+
+def read_selectivity_tables(mp: ModelPaths, preset: str, layers: Sequence[int]) -> dict[int, pd.DataFrame]:
+    """The per-feature tables of ``preset`` that notebook 03 wrote, or say to run it."""
+    out = {}
+    for L in layers:
+        path = mp.selectivity_csv(preset, L)
+        if not path.is_file():
+            raise MonosemError(f"{path} not found; run notebooks/03_selectivity.ipynb first (MONOSEM_SAE_PRESETS must include {preset!r}, same MONOSEM_LAYERS)")
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"top_concept": str})
+        table["top_concept"] = table["top_concept"].fillna("")
+        out[L] = table
+    return out
+
+
+def export_feature_json(mp: ModelPaths, data: dict) -> Path:
+    """Write one feature's dashboard data to ``features/layer_<L>_feature_<i>.json`` (atomically)."""
+    return write_json(mp.features / f"layer_{data['layer']}_feature_{data['index']}.json", data)
+
+
+def save_figure(mp: ModelPaths, fig: Any, name: str, enabled: bool) -> Path | None:
+    """Write ``fig`` as a standalone offline HTML file under ``figures/`` when ``enabled`` (MONOSEM_SAVE_FIGURES)."""
+    if not enabled:
+        return None
+    return atomic_write_text(mp.figures / f"{slugify(name)}.html", fig.to_html(include_plotlyjs=True, full_html=True))
+
+
+def collect_sae_metrics(mp: ModelPaths, spec: ModelSpec, presets: Sequence[str], layers: Sequence[int],
+                        caches: Sequence[ActivationCache]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{preset: {layer: metrics}}: notebook 02's metrics (with fidelity) where it wrote them, else computed here on ``caches``' tokens."""
+    record = read_sae_metrics(mp, spec)
+    written = record.per_preset if record is not None else {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for p in presets:
+        out[p] = {}
+        for L in layers:
+            if str(L) in written.get(p, {}):
+                out[p][str(L)] = written[p][str(L)]
+            else:
+                sae, _ = load_sae(mp.sae(L, p))
+                out[p][str(L)] = sae_metrics(sae, TokenSource.from_caches(caches, L))
+    return out
+
+
+def build_summary(cfg: RunConfig, spec: ModelSpec, layers: Sequence[int], presets: Sequence[str], comparison: Comparison,
+                  sae_metrics_by_preset: dict[str, dict[str, dict[str, Any]]]) -> Summary:
+    """The ``summary.json`` record of notebook 03: settings, the analysed preset per layer, every preset, the baselines."""
+    presets_summary = {p: {str(L): {**metrics_without_timing(sae_metrics_by_preset[p][str(L)]),
+                                    **layer_summary(comparison.sae(p)[L], cfg.threshold, cfg.alpha)} for L in layers} for p in presets}
+    counts = comparison.counts
+    baselines = {str(L): {r.basis: {"n_units": r.n_units, "n_reference": r.n_reference, "n_significant": r.n_significant,
+                                    "fraction_significant": r.fraction_significant} for r in counts[counts.layer == L].itertuples()} for L in layers}
+    preset = presets[0] if cfg.sae_source else cfg.sae_preset
+    return Summary(spec.asked, spec.used, spec.revision, list(layers), cfg.threshold, cfg.alpha, cfg.pooling, preset, cfg.n_permutations,
+                   cfg.n_bootstrap, cfg.n_splits, cfg.seed, presets_summary[preset], presets_summary, baselines)

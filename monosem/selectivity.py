@@ -1,0 +1,131 @@
+"""The reference study's selectivity score per unit, its table, the monosemantic pick and the per-layer summary lines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import Tensor
+
+from monosem.config import MonosemError
+from monosem.dataset import CONCEPTS
+
+
+def check_threshold(threshold: float) -> float:
+    """Return ``threshold`` if it lies in [0, 1], else raise a MonosemError saying so."""
+    if not (isinstance(threshold, (int, float)) and 0.0 <= float(threshold) <= 1.0):
+        raise MonosemError(f"threshold must be a number in [0, 1] (the score is a fraction), got {threshold!r}")
+    return float(threshold)
+
+
+def class_means(acts: Tensor | np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Mean activation per class [n_classes, n_units] of ``acts`` [n, n_units] (one matmul)."""
+    acts = np.asarray(acts, dtype=np.float64)
+    onehot = np.zeros((n_classes, len(labels)))
+    onehot[np.asarray(labels), np.arange(len(labels))] = 1.0
+    counts = onehot.sum(1, keepdims=True)
+    if (counts == 0).any():
+        raise MonosemError(f"classes {np.flatnonzero(counts[:, 0] == 0).tolist()} have no examples")
+    return onehot @ acts / counts
+
+
+def selectivity_scores(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reference score per unit = max concept mean / sum of concept means (0 where the sum is 0), and argmax.
+
+    ``means`` [n_concepts, n_units] must be non-negative (ReLU features).
+    """
+    means = np.asarray(means, dtype=np.float64)
+    if (means < 0).any():
+        raise MonosemError("selectivity needs non-negative activations (ReLU features); split signed units into + and - parts")
+    total = means.sum(0)
+    score = np.divide(means.max(0), total, out=np.zeros(means.shape[1]), where=total > 0)
+    return score, means.argmax(0)
+
+
+def selectivity_table(feats: Tensor | np.ndarray, df: pd.DataFrame, live: np.ndarray | None = None, concepts: Sequence[str] = CONCEPTS) -> pd.DataFrame:
+    """One row per feature: score, top_concept, mean_<concept> over the concept examples, and ``live``.
+
+    ``feats`` [n_examples, n_features] are word-level feature activations aligned with ``df``.
+    """
+    feats = np.asarray(feats, dtype=np.float64)
+    mask = df["is_concept"].to_numpy()
+    labels = df.loc[mask, "concept"].map({c: i for i, c in enumerate(concepts)}).to_numpy()
+    means = class_means(feats[mask], labels, len(concepts))
+    score, top = selectivity_scores(means)
+    table = pd.DataFrame({"feature": np.arange(feats.shape[1]), "score": score, "top_concept": np.asarray(concepts)[top]})
+    table.loc[means.sum(0) == 0, "top_concept"] = ""
+    for i, c in enumerate(concepts):
+        table[f"mean_{c}"] = means[i]
+    table["live"] = live if live is not None else (feats > 0).any(0)
+    return table
+
+
+def monosemantic(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Rows of ``table`` whose score exceeds ``threshold``, best first."""
+    threshold = check_threshold(threshold)
+    return table[table["score"] > threshold].sort_values("score", ascending=False)
+
+
+def layer_summary(table: pd.DataFrame, threshold: float, alpha: float = 0.05) -> dict[str, Any]:
+    """The reference study's per-layer summary (count, indices, mean score over all and live features)
+    and, when the table has q-values, the significant count and indices (score > threshold and q < alpha)."""
+    mono = monosemantic(table, threshold)
+    live = table["live"].to_numpy()
+    out = {
+        "n_features": int(len(table)),
+        "n_monosemantic": int(len(mono)),
+        "monosemantic_indices": sorted(int(i) for i in mono["feature"]),
+        "mean_selectivity": float(table["score"].mean()),
+        "mean_selectivity_live": float(table.loc[live, "score"].mean()) if live.any() else 0.0,
+        "n_dead": int((~live).sum()),
+    }
+    if "q" in table:
+        sig = mono[mono["q"] < alpha]
+        out.update(n_significant=int(len(sig)), significant_indices=sorted(int(i) for i in sig["feature"]),
+                   fraction_significant=len(sig) / max(1, len(table)), alpha=alpha,
+                   heldout_agreement_significant=float(sig["heldout_agreement"].mean()) if len(sig) else None)
+    return out
+
+
+def summary_line(layer: int, s: dict) -> str:
+    """'Layer 0: found N monosemantic features, indices [...], average selectivity ...' (the reference's shape)."""
+    idx = s["monosemantic_indices"]
+    shown = str(idx[:20])[:-1] + (", ...]" if len(idx) > 20 else "]")
+    line = (f"Layer {layer}: found {s['n_monosemantic']} monosemantic features, indices {shown}, "
+            f"average selectivity {s['mean_selectivity']:.3f} (live features: {s['mean_selectivity_live']:.3f}, dead: {s['n_dead']})")
+    if "n_significant" in s:
+        line += f"; {s['n_significant']} of them significant (q < {s['alpha']:g})"
+    return line
+
+
+def word_means(feats: Tensor | np.ndarray, df: pd.DataFrame) -> pd.DataFrame:
+    """Mean feature activation per word over its sentences: [n_words, n_features], indexed by word."""
+    words, labels = np.unique(df["word"].to_numpy(), return_inverse=True)
+    return pd.DataFrame(class_means(feats, labels, len(words)), index=words)
+
+
+def top_words(wm: pd.DataFrame, feature: int, k: int = 10) -> pd.Series:
+    """The ``k`` words with the highest mean activation of ``feature``."""
+    return wm[feature].sort_values(ascending=False).head(k)
+
+
+def top_features(table: pd.DataFrame, k: int = 8, alpha: float = 0.05, concepts: Sequence[str] = CONCEPTS) -> list[int]:
+    """The ``k`` live features with the highest selectivity score, significant ones (q < alpha) first when
+    the table has q-values (ties: higher mean activation first)."""
+    t = table[table["live"]].assign(_act=table[[f"mean_{c}" for c in concepts]].max(1))
+    t = t.assign(_sig=t["q"] < alpha) if "q" in t else t.assign(_sig=True)
+    return t.sort_values(["_sig", "score", "_act"], ascending=False).head(k)["feature"].astype(int).tolist()
+
+
+def reference_pick(feats: Tensor | np.ndarray, k: int = 8) -> list[int]:
+    """The reference study's pick: the ``k`` features with the highest variance across examples."""
+    var = np.asarray(feats, dtype=np.float64).var(0)
+    return np.argsort(-var, kind="stable")[:k].tolist()
+
+
+def significant(table: pd.DataFrame, threshold: float, alpha: float = 0.05) -> pd.DataFrame:
+    """Rows whose score exceeds ``threshold`` *and* whose q-value is below ``alpha``, best first."""
+    mono = monosemantic(table, threshold)
+    return mono[mono["q"] < alpha]

@@ -1,0 +1,1 @@
+"""What the researcher sees: plotly figures (``figures``), widgets on pure functions (``widgets``) and feature dashboards (``dashboard``)."""

@@ -1,0 +1,144 @@
+"""The notebook widgets (selectivity explorer, word explorer, layer/feature selectors); callbacks only call pure view functions."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from monosem.config import MonosemError
+from monosem.selectivity import check_threshold, monosemantic, top_words
+from monosem.viz.figures import selectivity_hist_data
+
+
+def explorer_view(tables: dict[int, pd.DataFrame], layer: int, threshold: float, alpha: float = 0.05, max_listed: int = 30) -> dict[str, Any]:
+    """Pure: what the selectivity explorer shows for ``layer`` and ``threshold``: stacked histograms of the
+    features at or below the threshold, above it, and above it with q < alpha; the reference count
+    (score > threshold), the significant count (and q < alpha), and the list."""
+    if layer not in tables:
+        raise MonosemError(f"layer {layer} has no results (layers {list(tables)})")
+    threshold = check_threshold(threshold)
+    t = tables[layer]
+    mono = monosemantic(t, threshold)
+    has_q = "q" in t
+    sig_mask = (t["score"] > threshold) & (t["q"] < alpha) if has_q else np.zeros(len(t), bool)
+    groups = {"at or below threshold": t["score"] <= threshold, "above threshold": (t["score"] > threshold) & ~sig_mask,
+              f"above threshold, q < {alpha:g}": sig_mask}
+    hists = {name: selectivity_hist_data(t.loc[mask, "score"].to_numpy(), threshold) for name, mask in groups.items()}
+    cols = "<th>feature</th><th>score</th><th>top concept</th>" + ("<th>q</th><th>held-out agreement</th>" if has_q else "")
+    rows = "".join(
+        f"<tr><td>{int(r.feature)}</td><td>{r.score:.3f}</td><td>{html.escape(r.top_concept)}</td>"
+        + (f"<td>{r.q:.3g}</td><td>{r.heldout_agreement:.2f}</td>" if has_q else "") + "</tr>"
+        for r in mono.head(max_listed).itertuples())
+    n_sig = int(sig_mask.sum()) if has_q else None
+    head = f"<b class='monosem-count'>layer {layer}, threshold {threshold:.2f}: {len(mono)} features above the threshold (reference count)"
+    head += f", {n_sig} of them significant (q &lt; {alpha:g})</b>" if has_q else "</b>"
+    return {
+        "hists": hists,
+        "count": len(mono),
+        "count_significant": n_sig,
+        "indices": mono["feature"].astype(int).tolist(),
+        "html": f"{head}<table><tr>{cols}</tr>{rows}</table>" + (f"<i>... {len(mono) - max_listed} more</i>" if len(mono) > max_listed else ""),
+    }
+
+
+class SelectivityExplorer:
+    """Sliders ``layer`` and ``threshold`` over precomputed tables; callbacks only call ``explorer_view``."""
+
+    COLORS = ("#bbb", "#69c", "#c33")
+
+    def __init__(self, tables: dict[int, pd.DataFrame], model_name: str, threshold: float = 0.6, alpha: float = 0.05):
+        import ipywidgets as W
+        import plotly.graph_objects as go
+
+        self.tables, self.model_name, self.alpha = tables, model_name, alpha
+        layers = sorted(tables)
+        self.layer = W.SelectionSlider(options=layers, value=layers[0], description="layer", continuous_update=False)
+        self.threshold = W.FloatSlider(value=check_threshold(threshold), min=0.0, max=1.0, step=0.01, description="threshold", continuous_update=False)
+        names = list(explorer_view(tables, layers[0], threshold, alpha)["hists"])
+        self.figure = go.FigureWidget([go.Bar(x=[], y=[], name=n, marker_color=c) for n, c in zip(names, self.COLORS)])
+        self.figure.update_layout(barmode="stack", xaxis_title="score (max/sum of concept means)", yaxis_title="number of features", xaxis_range=[0, 1],
+                                  height=380, width=950, legend=dict(orientation="h", y=-0.25), title_font_size=13,
+                                  shapes=[dict(type="line", x0=0, x1=0, y0=0, y1=1, yref="paper", line=dict(color="black", dash="dash"))])
+        self.listing = W.HTML()
+        self.layer.observe(self._on_change, names="value")
+        self.threshold.observe(self._on_change, names="value")
+        self.widget = W.VBox([W.HBox([self.layer, self.threshold]), self.figure, self.listing])
+        self._on_change()
+
+    def _on_change(self, change=None) -> None:
+        v = explorer_view(self.tables, self.layer.value, self.threshold.value, self.alpha)
+        with self.figure.batch_update():
+            for trace, d in zip(self.figure.data, v["hists"].values()):
+                trace.x, trace.y, trace.width = d["x"], d["y"], d["width"]
+            self.figure.layout.shapes[0].x0 = self.figure.layout.shapes[0].x1 = self.threshold.value
+            extra = f", {v['count_significant']} significant" if v["count_significant"] is not None else ""
+            self.figure.layout.title = f"{self.model_name}, layer {self.layer.value}: {v['count']} features above {self.threshold.value:.2f}{extra}"
+        self.listing.value = v["html"]
+        self.count, self.count_significant = v["count"], v["count_significant"]
+
+
+def word_explorer_view(wms: dict[int, pd.DataFrame], df: pd.DataFrame, layer: int, feature: int, k: int = 10) -> dict[str, Any]:
+    """Pure: the top words of ``feature`` at ``layer`` with values, and each word's best sentence."""
+    if layer not in wms:
+        raise MonosemError(f"layer {layer} has no results (layers {list(wms)})")
+    wm = wms[layer]
+    if not 0 <= feature < wm.shape[1]:
+        raise MonosemError(f"feature {feature} is outside 0..{wm.shape[1] - 1}")
+    top = top_words(wm, feature, k)
+    concept_of = df.drop_duplicates("word").set_index("word")["concept"]
+    first_sentence = df.drop_duplicates("word").set_index("word")["sentence"]
+    rows = "".join(f"<tr><td>{html.escape(w)}</td><td>{html.escape(concept_of[w])}</td><td>{v:.3f}</td><td>{html.escape(first_sentence[w])}</td></tr>" for w, v in top.items())
+    return {"words": top.index.tolist(), "values": top.to_numpy().tolist(), "concepts": [concept_of[w] for w in top.index],
+            "html": f"<table><tr><th>word</th><th>category</th><th>mean activation</th><th>example sentence</th></tr>{rows}</table>"}
+
+
+class LayerFeatureWidget:
+    """A ``layer`` slider and a ``feature`` selector whose options depend on the layer; subclasses draw in ``_render``."""
+
+    def _selectors(self, options: dict[int, list[int]]) -> None:
+        import ipywidgets as W
+
+        self._options = options
+        layers = sorted(options)
+        self.layer = W.SelectionSlider(options=layers, value=layers[0], description="layer", continuous_update=False)
+        self.feature = W.Dropdown(options=list(options[layers[0]]), description="feature")
+        self.layer.observe(self._on_layer, names="value")
+        self.feature.observe(self._on_change, names="value")
+
+    def _on_layer(self, change=None) -> None:
+        self.feature.options = list(self._options[self.layer.value])  # resets the value, which may call _on_change
+        self._on_change()
+
+    def _on_change(self, change=None) -> None:
+        if self.feature.value is not None:
+            self._render()
+
+    def _render(self) -> None:
+        raise NotImplementedError
+
+
+class WordExplorer(LayerFeatureWidget):
+    """A ``layer`` slider and a ``feature`` selector showing the feature's top words and sentences."""
+
+    def __init__(self, wms: dict[int, pd.DataFrame], df: pd.DataFrame, features: dict[int, list[int]], model_name: str):
+        import ipywidgets as W
+        import plotly.graph_objects as go
+
+        self.wms, self.df, self.model_name = wms, df, model_name
+        self._selectors(features)
+        self.figure = go.FigureWidget(go.Bar(x=[], y=[]))
+        self.figure.update_layout(xaxis_title="word", yaxis_title="mean activation", height=320)
+        self.listing = W.HTML()
+        self.widget = W.VBox([W.HBox([self.layer, self.feature]), self.figure, self.listing])
+        self._on_change()
+
+    def _render(self) -> None:
+        v = word_explorer_view(self.wms, self.df, self.layer.value, int(self.feature.value))
+        with self.figure.batch_update():
+            self.figure.data[0].x, self.figure.data[0].y = v["words"], v["values"]
+            self.figure.data[0].hovertext = v["concepts"]
+            self.figure.layout.title = f"{self.model_name}, layer {self.layer.value}, feature {self.feature.value}: top words"
+        self.listing.value = v["html"]

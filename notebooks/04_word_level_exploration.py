@@ -1,0 +1,149 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Word-level exploration
+#
+# Which words do the most selective features fire on? Figure 2 is a heatmap of the top 8 features
+# (significant first, then by selectivity score) × words, per layer. Beside it, the reference study's own pick
+# (the features with the highest variance across examples) shows what went wrong there: its top features
+# fired most on the same word in every layer. Then the top activating words per feature, with values, and an
+# explorer with a `layer` slider and a `feature` selector.
+#
+# **Previous:** [03 · Selectivity](03_selectivity.ipynb)
+
+# %%
+import pandas as pd
+from scipy.stats import spearmanr
+
+import helpers as h
+
+# %% tags=["parameters"]
+OVERRIDES: dict = {}  # e.g. {"top_k": 12}; anything not set here comes from MONOSEM_* variables or the defaults
+cfg = h.RunConfig.from_env(**OVERRIDES)
+REFERENCE_WORDS = ["seven", "100", "13", "2024", "happy", "angry", "worried", "running", "flying", "walks", "blue", "red", "green"]  # Figure 2's columns
+pd.DataFrame(cfg.settings("model", "layers", "threshold", "alpha", "pooling", "sae_preset", "top_k", "sae_source"))
+
+# %% [markdown]
+# ## Inputs
+# Notebook 03's per-feature tables of the analysed preset (the summary must describe the same preset), and the
+# same SAE features averaged per word over the word's sentences.
+
+# %%
+run = h.open_run(cfg)
+h.show_model_banner(run.spec)
+layers, _, preset = h.analysed_saes(run)
+h.read_summary(run.paths, run.spec, preset)  # notebook 03 ran for this model and preset
+tables = h.read_selectivity_tables(run.paths, preset, layers)
+basis = h.trained_sae_basis(run.paths, preset)
+feats = {L: basis.activations(run.concepts, L, cfg.pooling)[0] for L in layers}
+wms = {L: h.word_means(feats[L], run.df) for L in layers}
+top = {L: h.top_features(tables[L], cfg.top_k, cfg.alpha) for L in layers}
+print({L: top[L] for L in layers})
+
+# %% [markdown]
+# ## Figure 2: top features × words
+# Columns are the reference study's 13 words; a selective feature lights up one block of columns.
+
+# %%
+missing = [w for w in REFERENCE_WORDS if w not in wms[layers[0]].index]
+assert not missing, f"reference words {missing} are not in data/concepts.csv"
+for L in layers:
+    fig2 = h.fig_word_heatmap(wms[L], top[L], REFERENCE_WORDS, f"{run.spec.used} ({preset} SAE)", L)
+    h.save_figure(run.paths, fig2, f"04_figure2_layer{L}", cfg.save_figures)
+    fig2.show()
+
+# %% [markdown]
+# ## The reference study's pick, and why it follows the activation norm
+# The reference chose features by their variance across examples. Variance grows with the *square* of a
+# feature's activation size, so this pick favours features that fire strongly, and a feature fires strongly on
+# inputs with a large residual norm, whatever their concept. The table shows each picked feature's top word
+# and score; the correlations below measure, over all features, how closely variance follows the mean
+# activation, and, over words, how closely the picked features' total activation follows the word's residual norm.
+
+# %%
+rows = []
+for L in layers:
+    for f in h.reference_pick(feats[L], cfg.top_k):
+        best = h.top_words(wms[L], f, 1)
+        rows.append({"layer": L, "feature": f, "top word": best.index[0], "activation": best.iloc[0], "score": tables[L].loc[f, "score"],
+                     "q": tables[L].loc[f, "q"]})
+ref = pd.DataFrame(rows)
+display(ref.groupby("layer")["top word"].agg(lambda s: s.value_counts().head(3).to_dict()).rename("most frequent top words"))
+for L in layers:
+    rho_var = spearmanr(feats[L].var(0), feats[L].mean(0)).statistic
+    norms = h.word_means(run.concepts.word(L, cfg.pooling).norm(dim=1, keepdim=True).numpy(), run.df)[0]
+    picked = wms[L][h.reference_pick(feats[L], cfg.top_k)].sum(1)
+    print(f"layer {L}: Spearman(variance, mean activation) over features = {rho_var:.2f}; "
+          f"Spearman(picked features' activation, residual norm) over words = {spearmanr(picked, norms.loc[picked.index]).statistic:.2f}")
+ref.style.format(precision=3).set_caption(f"{run.spec.used}: the reference study's pick (highest variance) per layer")
+
+# %% [markdown]
+# ## Top activating words per top feature
+# For each layer's top features: the 5 words with the highest mean activation, and their category.
+
+# %%
+rows = []
+concept_of = run.df.drop_duplicates("word").set_index("word")["concept"]
+for L in layers:
+    for f in top[L]:
+        words = h.top_words(wms[L], f, 5)
+        rows.append({"layer": L, "feature": f, "score": round(tables[L].loc[f, "score"], 3), "q": tables[L].loc[f, "q"],
+                     "top concept": tables[L].loc[f, "top_concept"],
+                     "top words": ", ".join(f"{w} ({concept_of[w]}, {v:.2f})" for w, v in words.items())})
+pd.DataFrame(rows).style.format(precision=3).set_caption(f"{run.spec.used}: top words of the {cfg.top_k} most selective {preset} features per layer")
+
+# %% [markdown]
+# ## Explorer
+# Pick a layer and one of its top features to see its top words, their categories and a sentence for each.
+
+# %%
+word_explorer = h.WordExplorer(wms, run.df, top, f"{run.spec.used} ({preset} SAE)")
+word_explorer.widget
+
+# %% [markdown]
+# ## Feature dashboard
+# A page per feature, as Neuronpedia shows it: the top activating contexts from the concept sentences and the
+# background corpus (each token shaded by its activation; hover for the value), the activation histogram and
+# density, the mean activation per concept and control category with standard errors over words, and the
+# statistics from notebook 03. "export JSON" writes the feature's data to `data/results/<model>/features/`.
+
+# %%
+tokenizer = h.load_tokenizer(run.spec)
+sources = {L: [("concept sentences", run.concepts, run.df["sentence"].tolist()), ("background", run.background, run.background.texts())] for L in layers}
+saes = {L: basis.sae(L) for L in layers}
+dashboards = h.build_dashboards(f"{run.spec.used} ({preset} SAE)", top, saes, sources, tokenizer, run.df, feats, tables)
+dashboard = h.FeatureDashboard(dashboards, run.paths)
+dashboard.widget
+
+# %% [markdown]
+# The same data for every feature shown, exported as one JSON file each (Neuronpedia-like fields: layer, index,
+# top contexts with per-token values, histogram, density, category means, statistics).
+
+# %%
+exported = [h.export_feature_json(run.paths, d) for L in layers for d in dashboards[L].values()]
+print(f"exported {len(exported)} feature files to {run.paths.features}")
+
+# %% [markdown]
+# ## Summary
+# The reference study's summary, per layer, for the threshold of notebook 03, with the significant count.
+
+# %%
+for L in layers:
+    print(h.summary_line(L, h.layer_summary(tables[L], cfg.threshold, cfg.alpha)))
+print(f"figures (with MONOSEM_SAVE_FIGURES=1): {run.paths.figures}")
+
+# %% [markdown]
+# This notebook writes the feature files under `data/results/<model>/features/` (and, with `MONOSEM_SAVE_FIGURES=1`, the figures); `data/results/<model>/` holds notebook 03's summary and CSVs.
+#
+# **Back to the start:** [01 · Extract activations](01_extract_activations.ipynb)
