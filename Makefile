@@ -1,4 +1,4 @@
-# make setup | make run [MODEL=...] | make test | make lab
+# make setup | make run [MODEL=...] | make test (lint + pytest + nbval) | make lint | make e2e | make bench | make lab
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ MODEL ?=
 STAMP := $(VENV)/.setup-stamp
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: setup run test e2e bench lab
+.PHONY: setup run test lint readme sync e2e bench lab
 
 setup: $(STAMP)
 
@@ -30,8 +30,22 @@ run: setup
 	done
 	@echo "results: data/results/   executed notebooks: build/executed/   HTML: build/html/"
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest
+
+# ruff (style, imports, no print in monosem/), pyright (basic) and the generated README block.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/pyright
+	$(BIN)/python scripts/update_readme.py --check
+
+# After editing a notebook in JupyterLab (or its percent script), bring the pair back in sync.
+sync: setup
+	$(BIN)/jupytext --sync notebooks/0*.ipynb
+
+# Rewrites README.md's generated blocks (the settings table from monosem.config.RunConfig).
+readme: setup
+	$(BIN)/python scripts/update_readme.py
 
 # JupyterLab in Debian's chromium, driven by Playwright; installs the package when it is missing (root).
 e2e: setup

@@ -210,7 +210,8 @@ def _extract(model: nn.Module, tokenizer: Any, all_texts: list[str], spans: list
     counts = np.concatenate([[len(e.ids) - sum(e.special) for e in encode(lo, hi)] for lo, hi in chunks]).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     n_tok = int(offsets[-1])
-    d_model = model.config.hidden_size  # type: ignore[union-attr]
+    config: Any = model.config
+    d_model = int(config.hidden_size)
     sinks: dict[int, Any] = {}
     for L in layers:
         if token_dir is not None:

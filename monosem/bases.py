@@ -73,7 +73,7 @@ class ResidualBasis(Basis):
     def activations(self, cache: ActivationCache, layer: int, pooling: str = "mean") -> tuple[np.ndarray, np.ndarray]:
         x = cache.word(layer, pooling)
         acts = torch.cat([x.clamp(min=0), (-x).clamp(min=0)], 1).numpy()
-        return acts, (acts > 0).any(0)
+        return acts, np.asarray((acts > 0).any(0), dtype=bool)
 
 
 class MLPBasis(Basis):
@@ -83,7 +83,7 @@ class MLPBasis(Basis):
 
     def activations(self, cache: ActivationCache, layer: int, pooling: str = "mean") -> tuple[np.ndarray, np.ndarray]:
         acts = cache.mlp(layer, pooling).clamp(min=0).numpy()
-        return acts, (acts > 0).any(0)
+        return acts, np.asarray((acts > 0).any(0), dtype=bool)
 
 
 def trained_sae_basis(mp: ModelPaths, preset: str) -> SAEBasis:

@@ -164,6 +164,11 @@ def _load_or_build(mp: ModelPaths, key: str, inputs: dict, n_examples: int, buil
     return open_cache(mp, key)
 
 
+def _hidden_size(model: nn.Module) -> int:
+    config: Any = model.config
+    return int(config.hidden_size)
+
+
 def load_or_extract_concepts(mp: ModelPaths, spec: ModelSpec, df: pd.DataFrame, layers: Sequence[int], batch_size: int = 32,
                              device: torch.device | str = "cpu", model_and_tokenizer: tuple[nn.Module, Any] | None = None) -> ActivationCache:
     """The concept dataset's activation cache: loaded if present and intact, else extracted and written atomically."""
@@ -175,7 +180,7 @@ def load_or_extract_concepts(mp: ModelPaths, spec: ModelSpec, df: pd.DataFrame, 
         loaded.append(model)
         return extract_concept_activations(model, tokenizer, df, layers, batch_size, device, token_dir=tmp)
 
-    return _load_or_build(mp, key, inputs, len(df), build, lambda: int(loaded[0].config.hidden_size))
+    return _load_or_build(mp, key, inputs, len(df), build, lambda: _hidden_size(loaded[0]))
 
 
 def load_or_extract_corpus(mp: ModelPaths, spec: ModelSpec, texts: Sequence[str], layers: Sequence[int], batch_size: int = 32,
@@ -191,4 +196,4 @@ def load_or_extract_corpus(mp: ModelPaths, spec: ModelSpec, texts: Sequence[str]
         loaded.append(model)
         return extract_corpus_activations(model, tokenizer, texts, layers, batch_size, device, token_dir=tmp, dtype=dtype)
 
-    return _load_or_build(mp, key, inputs, len(texts), build, lambda: int(loaded[0].config.hidden_size), {"texts.json": json.dumps(texts)})
+    return _load_or_build(mp, key, inputs, len(texts), build, lambda: _hidden_size(loaded[0]), {"texts.json": json.dumps(texts)})

@@ -72,11 +72,12 @@ def load_concepts(path: Path | str, categories: Sequence[str] = CATEGORIES, conc
         raise MonosemError(f"{path} has a header but no rows")
     df = pd.DataFrame(records, columns=["concept", "word", "sentence", "word_start", "word_end"])
     owners = df.groupby("word")["concept"].nunique()
-    if (owners > 1).any():
-        w = owners[owners > 1].index[0]
+    shared = [word for word, n in zip(owners.index, owners.to_numpy()) if n > 1]
+    if shared:
+        w = shared[0]
         raise MonosemError(f"{path}: word {w!r} is listed under several concepts {sorted(df[df.word == w].concept.unique())}; keep it in one")
     df["is_concept"] = df["concept"].isin(list(concepts))
-    df["label"] = df["concept"].map({c: i for i, c in enumerate(categories)}).astype(int)
+    df["label"] = pd.Categorical(df["concept"], categories=list(categories)).codes.astype(int)
     df["word_id"] = pd.factorize(df["word"])[0]
     return df
 

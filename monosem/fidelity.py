@@ -15,8 +15,8 @@ from monosem.model import get_blocks, is_causal_lm
 from monosem.sae.base import SAE
 
 
-def lm_logits(model: nn.Module, hidden: Tensor) -> Tensor:
-    """Logits of a base causal LM from its final hidden states through the tied input embedding."""
+def lm_logits(model: Any, hidden: Tensor) -> Tensor:
+    """Logits of a base causal LM (a transformers model) from its final hidden states through the tied input embedding."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     weight = head.weight if head is not None else model.get_input_embeddings().weight
     if head is None and not getattr(model.config, "tie_word_embeddings", True):
@@ -26,7 +26,7 @@ def lm_logits(model: nn.Module, hidden: Tensor) -> Tensor:
 
 @torch.inference_mode()
 def splice_fidelity(model: nn.Module, tokenizer: Any, texts: Sequence[str], layer: int, sae: SAE, mean_act: Tensor,
-                    batch_size: int = 16, max_length: int = 128) -> dict[str, float]:
+                    batch_size: int = 16, max_length: int = 128) -> dict[str, Any]:
     """How much of the model's output survives replacing layer ``layer``'s residual stream by the SAE reconstruction.
 
     Special and padding positions are left untouched. Causal LM: next-token CE loss clean / SAE /
@@ -41,8 +41,8 @@ def splice_fidelity(model: nn.Module, tokenizer: Any, texts: Sequence[str], laye
     enc = encode_examples(tokenizer, texts, None, max_length=max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     causal = is_causal_lm(model)
-    mode = {"replace": None}
-    keep_mask = {"m": None}
+    mode: dict[str, str | None] = {"replace": None}
+    keep_mask: dict[str, Tensor] = {}
 
     def hook(module, args, output):
         h = output[0] if isinstance(output, tuple) else output

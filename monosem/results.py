@@ -174,8 +174,8 @@ def build_summary(cfg: RunConfig, spec: ModelSpec, layers: Sequence[int], preset
     presets_summary = {p: {str(L): {**metrics_without_timing(sae_metrics_by_preset[p][str(L)]),
                                     **layer_summary(comparison.sae(p)[L], cfg.threshold, cfg.alpha)} for L in layers} for p in presets}
     counts = comparison.counts
-    baselines = {str(L): {r.basis: {"n_units": r.n_units, "n_reference": r.n_reference, "n_significant": r.n_significant,
-                                    "fraction_significant": r.fraction_significant} for r in counts[counts.layer == L].itertuples()} for L in layers}
+    keys = ("n_units", "n_reference", "n_significant", "fraction_significant")
+    baselines = {str(L): {row["basis"]: {k: row[k] for k in keys} for row in pd.DataFrame(counts[counts["layer"] == L]).to_dict(orient="records")} for L in layers}
     preset = presets[0] if cfg.sae_source else cfg.sae_preset
     return Summary(spec.asked, spec.used, spec.revision, list(layers), cfg.threshold, cfg.alpha, cfg.pooling, preset, cfg.n_permutations,
                    cfg.n_bootstrap, cfg.n_splits, cfg.seed, presets_summary[preset], presets_summary, baselines)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -65,7 +65,7 @@ def selectivity_table(feats: Tensor | np.ndarray, df: pd.DataFrame, live: np.nda
 def monosemantic(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Rows of ``table`` whose score exceeds ``threshold``, best first."""
     threshold = check_threshold(threshold)
-    return table[table["score"] > threshold].sort_values("score", ascending=False)
+    return table.loc[table["score"] > threshold].sort_values("score", ascending=False)
 
 
 def layer_summary(table: pd.DataFrame, threshold: float, alpha: float = 0.05) -> dict[str, Any]:
@@ -77,15 +77,15 @@ def layer_summary(table: pd.DataFrame, threshold: float, alpha: float = 0.05) ->
         "n_features": int(len(table)),
         "n_monosemantic": int(len(mono)),
         "monosemantic_indices": sorted(int(i) for i in mono["feature"]),
-        "mean_selectivity": float(table["score"].mean()),
-        "mean_selectivity_live": float(table.loc[live, "score"].mean()) if live.any() else 0.0,
+        "mean_selectivity": float(cast(float, table["score"].mean())),
+        "mean_selectivity_live": float(cast(float, table.loc[live, "score"].mean())) if live.any() else 0.0,
         "n_dead": int((~live).sum()),
     }
     if "q" in table:
-        sig = mono[mono["q"] < alpha]
+        sig = mono.loc[mono["q"] < alpha]
         out.update(n_significant=int(len(sig)), significant_indices=sorted(int(i) for i in sig["feature"]),
                    fraction_significant=len(sig) / max(1, len(table)), alpha=alpha,
-                   heldout_agreement_significant=float(sig["heldout_agreement"].mean()) if len(sig) else None)
+                   heldout_agreement_significant=float(cast(float, sig["heldout_agreement"].mean())) if len(sig) else None)
     return out
 
 
@@ -108,13 +108,13 @@ def word_means(feats: Tensor | np.ndarray, df: pd.DataFrame) -> pd.DataFrame:
 
 def top_words(wm: pd.DataFrame, feature: int, k: int = 10) -> pd.Series:
     """The ``k`` words with the highest mean activation of ``feature``."""
-    return wm[feature].sort_values(ascending=False).head(k)
+    return cast(pd.Series, wm[feature]).sort_values(ascending=False).head(k)
 
 
 def top_features(table: pd.DataFrame, k: int = 8, alpha: float = 0.05, concepts: Sequence[str] = CONCEPTS) -> list[int]:
     """The ``k`` live features with the highest selectivity score, significant ones (q < alpha) first when
     the table has q-values (ties: higher mean activation first)."""
-    t = table[table["live"]].assign(_act=table[[f"mean_{c}" for c in concepts]].max(1))
+    t = table[table["live"]].assign(_act=table[[f"mean_{c}" for c in concepts]].max(axis=1))
     t = t.assign(_sig=t["q"] < alpha) if "q" in t else t.assign(_sig=True)
     return t.sort_values(["_sig", "score", "_act"], ascending=False).head(k)["feature"].astype(int).tolist()
 
@@ -128,4 +128,4 @@ def reference_pick(feats: Tensor | np.ndarray, k: int = 8) -> list[int]:
 def significant(table: pd.DataFrame, threshold: float, alpha: float = 0.05) -> pd.DataFrame:
     """Rows whose score exceeds ``threshold`` *and* whose q-value is below ``alpha``, best first."""
     mono = monosemantic(table, threshold)
-    return mono[mono["q"] < alpha]
+    return mono.loc[mono["q"] < alpha]

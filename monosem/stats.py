@@ -43,7 +43,7 @@ def word_data(acts: Tensor | np.ndarray, df: pd.DataFrame, categories: Sequence[
     sums = np.zeros((len(words), acts.shape[1]), dtype=np.float64)
     np.add.at(sums, inverse, acts)
     category = np.zeros(len(words), dtype=np.int64)
-    category[inverse] = df["concept"].map({c: i for i, c in enumerate(categories)}).to_numpy()
+    category[inverse] = pd.Categorical(df["concept"], categories=list(categories)).codes
     return WordData(words, category, np.bincount(inverse).astype(np.float64), sums.astype(np.float32), len(concepts))
 
 
@@ -134,7 +134,7 @@ def bootstrap_ci(wd: WordData, n_boot: int = 1000, seed: int = 0, level: float =
         for c in range(wd.n_concepts):
             members = np.flatnonzero(labels == c)
             draws = rng.integers(0, len(members), (n, len(members)))
-            np.add.at(weights, (np.arange(n)[:, None], c, members[draws]), 1.0)
+            np.add.at(weights, (np.arange(n)[:, None], c, members[draws]), 1.0)  # pyright: ignore[reportArgumentType]
         scores.append(_scores_from_weights(weights, sums, counts)[0])
     scores = np.concatenate(scores)
     tail = (1 - level) / 2 * 100

@@ -41,8 +41,8 @@ def random_gpt2(n_layer: int = 6, n_embd: int = 64, n_head: int = 4, n_positions
 
 def small_concepts(concepts: pd.DataFrame, per_category: int = 2) -> pd.DataFrame:
     """The rows of the first ``per_category`` words of every category of the concept dataset."""
-    words = concepts.drop_duplicates("word").groupby("concept").head(per_category).word
-    return concepts[concepts.word.isin(words)].reset_index(drop=True)
+    words = concepts.drop_duplicates("word").groupby("concept").head(per_category)["word"]
+    return pd.DataFrame(concepts[concepts["word"].isin(words)]).reset_index(drop=True)
 
 
 def toy_concepts(words_per_category: int = 3) -> pd.DataFrame:

@@ -14,6 +14,7 @@ class JumpReLUSAE(StandardSAE):
 
     architecture = "jumprelu"
     extra_tensors = ("threshold",)
+    threshold: nn.Parameter
 
     def __init__(self, d_in: int, d_sae: int, apply_b_dec_to_input: bool = False, seed: int | None = None):
         super().__init__(d_in, d_sae, apply_b_dec_to_input, seed)
@@ -28,6 +29,7 @@ class JumpReLUSAE(StandardSAE):
     def fresh_like(self, seed: int) -> SAE:
         """An untrained SAE of the same shape that keeps this one's thresholds (they define the architecture)."""
         fresh = super().fresh_like(seed)
+        assert isinstance(fresh, JumpReLUSAE)
         with torch.no_grad():
             fresh.threshold.copy_(self.threshold)
         return fresh

@@ -47,7 +47,9 @@ class TokenSource:
     @classmethod
     def of(cls, acts: "Tensor | TokenSource") -> "TokenSource":
         """``acts`` itself if it is a TokenSource, else one over the tensor [n, d]."""
-        return acts if isinstance(acts, cls) else cls([acts.float().numpy()])
+        if isinstance(acts, TokenSource):
+            return acts
+        return cls([acts.float().numpy()])
 
     @classmethod
     def from_caches(cls, caches: Sequence[ActivationCache], layer: int) -> "TokenSource":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -149,7 +149,7 @@ class FeatureDashboard(LayerFeatureWidget):
 
     @property
     def data(self) -> dict:
-        return self.dashboards[self.layer.value][self.feature.value]
+        return self.dashboards[self.layer.value][cast(int, self.feature.value)]
 
     def _render(self) -> None:
         fig = fig_dashboard(self.data)

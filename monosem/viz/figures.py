@@ -52,7 +52,7 @@ def fig_selectivity(tables: dict[int, pd.DataFrame], threshold: float, model_nam
         if "q" in tables[L]:
             ds = selectivity_hist_data(tables[L].loc[tables[L]["q"] < alpha, "score"].to_numpy(), threshold)
             fig.add_bar(x=ds["x"], y=ds["y"], width=ds["width"], name=f"q < {alpha:g}", marker_color="#c33", showlegend=j == 1, legendgroup="sig", row=1, col=j)
-        fig.add_vline(x=threshold, line_dash="dash", line_color="black", row=1, col=j)
+        fig.add_vline(x=threshold, line_dash="dash", line_color="black", row=1, col=j)  # pyright: ignore[reportArgumentType]
         fig.update_xaxes(title_text="score (max/sum of concept means)", range=[0, 1], row=1, col=j)
     fig.update_yaxes(title_text="number of features", row=1, col=1)
     fig.update_layout(barmode="overlay", title=f"Figure 1 - {model_name}: SAE feature selectivity per layer (threshold {threshold:g})")

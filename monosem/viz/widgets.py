@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -29,10 +29,10 @@ def explorer_view(tables: dict[int, pd.DataFrame], layer: int, threshold: float,
     hists = {name: selectivity_hist_data(t.loc[mask, "score"].to_numpy(), threshold) for name, mask in groups.items()}
     cols = "<th>feature</th><th>score</th><th>top concept</th>" + ("<th>q</th><th>held-out agreement</th>" if has_q else "")
     rows = "".join(
-        f"<tr><td>{int(r.feature)}</td><td>{r.score:.3f}</td><td>{html.escape(r.top_concept)}</td>"
-        + (f"<td>{r.q:.3g}</td><td>{r.heldout_agreement:.2f}</td>" if has_q else "") + "</tr>"
-        for r in mono.head(max_listed).itertuples())
-    n_sig = int(sig_mask.sum()) if has_q else None
+        f"<tr><td>{int(r['feature'])}</td><td>{r['score']:.3f}</td><td>{html.escape(str(r['top_concept']))}</td>"
+        + (f"<td>{r['q']:.3g}</td><td>{r['heldout_agreement']:.2f}</td>" if has_q else "") + "</tr>"
+        for r in mono.head(max_listed).to_dict(orient="records"))
+    n_sig = int(np.sum(sig_mask)) if has_q else None
     head = f"<b class='monosem-count'>layer {layer}, threshold {threshold:.2f}: {len(mono)} features above the threshold (reference count)"
     head += f", {n_sig} of them significant (q &lt; {alpha:g})</b>" if has_q else "</b>"
     return {
@@ -73,7 +73,8 @@ class SelectivityExplorer:
         with self.figure.batch_update():
             for trace, d in zip(self.figure.data, v["hists"].values()):
                 trace.x, trace.y, trace.width = d["x"], d["y"], d["width"]
-            self.figure.layout.shapes[0].x0 = self.figure.layout.shapes[0].x1 = self.threshold.value
+            layout: Any = self.figure.layout
+            layout.shapes[0].x0 = layout.shapes[0].x1 = self.threshold.value
             extra = f", {v['count_significant']} significant" if v["count_significant"] is not None else ""
             self.figure.layout.title = f"{self.model_name}, layer {self.layer.value}: {v['count']} features above {self.threshold.value:.2f}{extra}"
         self.listing.value = v["html"]
@@ -88,9 +89,11 @@ def word_explorer_view(wms: dict[int, pd.DataFrame], df: pd.DataFrame, layer: in
     if not 0 <= feature < wm.shape[1]:
         raise MonosemError(f"feature {feature} is outside 0..{wm.shape[1] - 1}")
     top = top_words(wm, feature, k)
-    concept_of = df.drop_duplicates("word").set_index("word")["concept"]
-    first_sentence = df.drop_duplicates("word").set_index("word")["sentence"]
-    rows = "".join(f"<tr><td>{html.escape(w)}</td><td>{html.escape(concept_of[w])}</td><td>{v:.3f}</td><td>{html.escape(first_sentence[w])}</td></tr>" for w, v in top.items())
+    first = df.drop_duplicates("word")
+    concept_of = dict(zip(first["word"], first["concept"]))
+    first_sentence = dict(zip(first["word"], first["sentence"]))
+    rows = "".join(f"<tr><td>{html.escape(str(w))}</td><td>{html.escape(concept_of[w])}</td><td>{v:.3f}</td><td>{html.escape(first_sentence[w])}</td></tr>"
+                   for w, v in top.items())
     return {"words": top.index.tolist(), "values": top.to_numpy().tolist(), "concepts": [concept_of[w] for w in top.index],
             "html": f"<table><tr><th>word</th><th>category</th><th>mean activation</th><th>example sentence</th></tr>{rows}</table>"}
 
@@ -136,7 +139,7 @@ class WordExplorer(LayerFeatureWidget):
         self._on_change()
 
     def _render(self) -> None:
-        v = word_explorer_view(self.wms, self.df, self.layer.value, int(self.feature.value))
+        v = word_explorer_view(self.wms, self.df, self.layer.value, int(cast(int, self.feature.value)))
         with self.figure.batch_update():
             self.figure.data[0].x, self.figure.data[0].y = v["words"], v["values"]
             self.figure.data[0].hovertext = v["concepts"]
