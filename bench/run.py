@@ -29,12 +29,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import helpers as h  # noqa: E402
+from monosem.activations import encode_examples, extract_corpus_activations, pad_batch, run_layers
+from monosem.corpus import background_texts
+from monosem.dataset import CONCEPTS, load_concepts
+from monosem.io import atomic_write_text
+from monosem.model import get_blocks, load_model, resolve_model
+from monosem.sae.train import TokenSource, train_sae
+from monosem.stats import add_qvalues, feature_statistics
+from monosem.testing import ROOT, random_gpt2
+from monosem.viz.widgets import SelectivityExplorer
 
 LAYERS = [0, 1, 2, 3]
 BATCH, SEQ = 16, 64
+OURS = "ours (extract_corpus_activations: tokenise, forward, write memmaps)"
 
 
 def best_time(fn, repeat: int = 3, warmup: int = 1) -> float:
@@ -58,18 +65,13 @@ def matmul_gflops(repeat: int = 5) -> float:
 
 def gpt2_medium_random():
     """GPT-2 Medium architecture with random weights and the real GPT-2 BPE tokenizer."""
-    from transformers import GPT2Config, GPT2Model
-
-    tok = h.gpt2_bpe_tokenizer()
-    torch.manual_seed(0)
-    model = GPT2Model(GPT2Config(n_layer=24, n_embd=1024, n_head=16)).eval()
-    return model, tok
+    return random_gpt2(n_layer=24, n_embd=1024, n_head=16, n_positions=1024, seed=0)
 
 
 def texts_of_length(tok, n: int, seq: int) -> list[str]:
     """``n`` background texts cut to exactly ``seq`` tokens each (BOS included), so every method sees the same tokens."""
     out = []
-    for text in h.background_texts(n * seq * 4, words_per_text=120):
+    for text in background_texts(n * seq * 4, words_per_text=120):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         if len(ids) >= seq - 1:
             out.append(tok.decode(ids[: seq - 1]))
@@ -88,21 +90,21 @@ def flops_per_token(cfg, n_blocks: int, seq: int) -> float:
 def bench_extraction(name: str, model, tok, repeat: int) -> dict:
     """Tokens/s of this project's extraction and of the baselines on the same BATCH x SEQ tokens."""
     texts = texts_of_length(tok, BATCH, SEQ)
-    enc = h.encode_examples(tok, texts)
-    ids, attn, _, _ = h.pad_batch(enc, list(range(len(enc))), tok.pad_token_id or 0)
+    enc = encode_examples(tok, texts)
+    ids, attn, _, _ = pad_batch(enc, list(range(len(enc))), tok.pad_token_id or 0)
     n_tok = ids.numel()
     res = {"model": name, "tokens": n_tok, "shape": list(ids.shape)}
     with tempfile.TemporaryDirectory() as tmp:
-        res["ours (extract_activations: tokenise, forward, write memmaps)"] = n_tok / best_time(
-            lambda: h.extract_activations(model, tok, None, LAYERS, batch_size=BATCH, texts=texts, token_dir=Path(tmp), progress=False), repeat)
-    res["ours (forward to block 3 only)"] = n_tok / best_time(lambda: h.run_layers(model, ids, attn, LAYERS), repeat)
+        res[OURS] = n_tok / best_time(
+            lambda: extract_corpus_activations(model, tok, texts, LAYERS, batch_size=BATCH, progress=False, token_dir=Path(tmp)), repeat)
+    res["ours (forward to block 3 only)"] = n_tok / best_time(lambda: run_layers(model, ids, attn, LAYERS), repeat)
 
     @torch.inference_mode()
     def hf_full():
         return model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states
 
     res["HF full forward, all hidden states"] = n_tok / best_time(hf_full, max(1, repeat - 1))
-    blocks = h.get_blocks(model)
+    blocks = get_blocks(model)
     first4 = copy.copy(model)  # shallow copy sharing weights, with only the first 4 blocks
     parent = first4.h if hasattr(first4, "h") else first4.encoder.layer
     trimmed = torch.nn.ModuleList(list(blocks)[:4])
@@ -141,11 +143,11 @@ def bench_extraction(name: str, model, tok, repeat: int) -> dict:
 def bench_sae_training(d_in: int, d_sae: int, batch: int, steps: int) -> dict:
     """Training tokens/s: this project's l1 preset (standard SAE) vs. SAELens's StandardTrainingSAE step."""
     data = torch.randn(batch * 4, d_in)
-    src = h.TokenSource([data.numpy()])
+    src = TokenSource([data.numpy()])
     expansion = d_sae / d_in
-    h.train_sae(src, "l1", steps=1, batch_size=batch, progress=False, expansion=expansion)  # warm-up
+    train_sae(src, "l1", steps=1, batch_size=batch, progress=False, expansion=expansion)  # warm-up
     t0 = time.perf_counter()
-    h.train_sae(src, "l1", steps=steps, batch_size=batch, progress=False, expansion=expansion)
+    train_sae(src, "l1", steps=steps, batch_size=batch, progress=False, expansion=expansion)
     ours = steps * batch / (time.perf_counter() - t0)
     res = {"d_in": d_in, "d_sae": d_sae, "batch": batch, "steps": steps, "ours (l1 preset, standard SAE)": ours,
            "flops_per_token": 6 * 2 * d_in * d_sae}
@@ -185,13 +187,14 @@ def extraction_peak_rss(n_texts: int) -> float:
     """Peak RSS (MB, the kernel's VmHWM) of a fresh process that extracts ``n_texts`` background texts with the bundled model to disk."""
     code = f"""
 import resource, sys, tempfile, os
-sys.path.insert(0, {str(ROOT)!r})
-import helpers as h
 from pathlib import Path
-spec = h.resolve_model('bundled'); model, tok = h.load_model(spec)
-texts = (h.background_texts(60000) * 100)[:{n_texts}]
+from monosem.activations import extract_corpus_activations
+from monosem.corpus import background_texts
+from monosem.model import load_model, resolve_model
+spec = resolve_model('bundled'); model, tok = load_model(spec)
+texts = (background_texts(60000) * 100)[:{n_texts}]
 with tempfile.TemporaryDirectory() as d:
-    out = h.extract_activations(model, tok, None, [0, 1, 2, 3], batch_size=32, texts=texts, token_dir=Path(d), progress=False)
+    out = extract_corpus_activations(model, tok, texts, [0, 1, 2, 3], batch_size=32, progress=False, token_dir=Path(d))
     n = out['token_id'].numel()
 import re
 # VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child would report its parent's (larger) peak
@@ -209,12 +212,12 @@ def bench_widgets(n_layers: int = 4, n_features: int = 8192) -> dict:
     rng = np.random.default_rng(0)
     tables = {}
     for L in range(n_layers):
-        t = pd.DataFrame({"feature": np.arange(n_features), "score": rng.random(n_features), "top_concept": rng.choice(h.CONCEPTS, n_features),
+        t = pd.DataFrame({"feature": np.arange(n_features), "score": rng.random(n_features), "top_concept": rng.choice(CONCEPTS, n_features),
                           "q": rng.random(n_features), "heldout_agreement": rng.random(n_features), "live": True})
-        for c in h.CONCEPTS:
+        for c in CONCEPTS:
             t[f"mean_{c}"] = rng.random(n_features)
         tables[L] = t
-    ex = h.SelectivityExplorer(tables, "bench", 0.6)
+    ex = SelectivityExplorer(tables, "bench", 0.6)
     times = []
     for i in range(40):
         t0 = time.perf_counter()
@@ -229,14 +232,14 @@ def bench_widgets(n_layers: int = 4, n_features: int = 8192) -> dict:
 def bench_statistics(n_units: int, n_layers: int = 4, n_perm: int = 1000) -> dict:
     """Seconds for the full statistics (score, index, AUROC, permutation p, bootstrap CI, held-out) of
     ``n_units`` units on each of ``n_layers`` layers, on the shipped concept dataset."""
-    df = h.load_concepts(ROOT / "data" / "concepts.csv")
+    df = load_concepts(ROOT / "data" / "concepts.csv")
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     tables = {}
     for L in range(n_layers):
         acts = (rng.exponential(size=(len(df), n_units)) * (rng.random((len(df), n_units)) < 0.05)).astype(np.float32)
-        tables[L] = h.feature_statistics(acts, df, n_perm=n_perm, n_boot=1000)
-    h.add_qvalues(tables)
+        tables[L] = feature_statistics(acts, df, n_perm=n_perm, n_boot=1000)
+    add_qvalues(tables)
     return {"units_per_layer": n_units, "layers": n_layers, "permutations": n_perm, "seconds": time.perf_counter() - t0}
 
 
@@ -262,8 +265,8 @@ def main() -> None:
     gpt2, gpt2_tok = gpt2_medium_random()
     extraction.append(bench_extraction("GPT-2 Medium (random weights)", gpt2, gpt2_tok, repeat))
     del gpt2
-    spec = h.resolve_model("bundled")
-    mini, mini_tok = h.load_model(spec)
+    spec = resolve_model("bundled")
+    mini, mini_tok = load_model(spec)
     extraction.append(bench_extraction("all-MiniLM-L6-v2 (bundled)", mini, mini_tok, repeat))
     results["extraction"] = extraction
 
@@ -284,7 +287,7 @@ def time_commands() -> dict:
     import shutil
 
     out = {}
-    for sub in ("activations", "saes", "results"):
+    for sub in ("activations", "runs", "saes", "results"):  # runs/: the run manifests of notebook 01, which point at the caches
         shutil.rmtree(ROOT / "data" / sub, ignore_errors=True)
     for target in ("run", "test"):
         t0 = time.perf_counter()
@@ -307,7 +310,7 @@ def write_report(r: dict, path: Path) -> None:
              "| model | method | tokens/s | ours / method | % of matmul peak |", "|---|---|---|---|---|"]
     goals = []
     for e in r["extraction"]:
-        ours = e["ours (extract_activations: tokenise, forward, write memmaps)"]
+        ours = e[OURS]
         for k, v in e.items():
             if isinstance(v, float) and k != "flops_per_token":
                 peak = v * e["flops_per_token"] / (r["matmul_gflops"] * 1e9)
@@ -358,7 +361,7 @@ def write_report(r: dict, path: Path) -> None:
     lines += ["", "<details><summary>raw figures (JSON)</summary>", "", "```json", json.dumps(r, indent=1, default=float), "```", "</details>", ""]
     text = "\n".join(lines)
     print(text[: text.index("<details>")])
-    h.atomic_write_text(path, text)
+    atomic_write_text(path, text)
     print(f"wrote {path}")
 
 

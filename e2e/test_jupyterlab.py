@@ -2,8 +2,13 @@
 
 Starts JupyterLab on 127.0.0.1 with a random port and token, opens notebooks/03_selectivity.ipynb,
 runs all cells, moves the threshold slider and then the layer slider, and checks that the
-monosemantic count and the plotly figure's data change. Screenshots go to build/e2e/. Run with
-`make e2e` (the caches of notebooks 01 and 02 are made first, headless, with small settings).
+monosemantic count and the plotly figure's data change, and that the notebook wrote its per-feature
+tables (``<data>/results/<model>/<preset>/selectivity_layer_<L>.csv``). Screenshots go to build/e2e/.
+Run with `make e2e`. Notebooks 01 and 02 run first, headless, with small settings, into a temporary
+data folder: notebook 01 writes the caches and the run manifest ``<data>/runs/<model asked>.json``
+that notebooks 02-04 open (``open_run``), notebook 02 the SAEs. The notebooks read their settings
+from the ``MONOSEM_*`` variables (``RunConfig.from_env``); inherited ``MONOSEM_*`` variables are
+dropped so that only the settings below apply.
 """
 
 from __future__ import annotations
@@ -18,9 +23,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from monosem.config import RunConfig
+from monosem.model import resolve_model
+from monosem.paths import ModelPaths, manifest_path, model_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "build" / "e2e"
@@ -35,17 +45,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Lab:
+    """A running JupyterLab, the settings its kernels see and the folders of the model they analyse."""
+
+    url: str
+    token: str
+    cfg: RunConfig
+    paths: ModelPaths
+
+
+def run_notebook(name: str, env: dict[str, str], out: Path) -> None:
+    """Execute notebooks/<name>.ipynb headless; on failure, fail with the end of nbconvert's output."""
+    proc = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--output-dir", str(out),
+                           str(ROOT / "notebooks" / f"{name}.ipynb")], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"notebook {name} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """Caches from notebooks 01-02, then a JupyterLab server; yields (url, token); always stops the server."""
+    """Caches, run manifest and SAEs from notebooks 01-02, then a JupyterLab server; yields a ``Lab``; always stops the server."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"chromium not found at {CHROMIUM}: install Debian's package (apt-get install chromium) or run `make e2e`")
     tmp = tmp_path_factory.mktemp("e2e")
-    env = {**os.environ, **SMALL, "MONOSEM_DATA_DIR": str(tmp / "data"), "JUPYTER_CONFIG_DIR": str(tmp / "config"),
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MONOSEM_")}
+    env = {**inherited, **SMALL, "MONOSEM_DATA_DIR": str(tmp / "data"), "JUPYTER_CONFIG_DIR": str(tmp / "config"),
            "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces")}
-    for nb in ("01_extract_activations", "02_train_sae"):
-        subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--output-dir", str(tmp / "executed"),
-                        str(ROOT / "notebooks" / f"{nb}.ipynb")], env=env, check=True, capture_output=True)
+    cfg = RunConfig.from_env(env)  # what the notebooks' parameters cell will build
+    paths = model_paths(cfg.data_path, resolve_model(cfg.model_asked, offline=cfg.hf_hub_offline).used)
+    run_notebook("01_extract_activations", env, tmp / "executed")
+    manifest = manifest_path(cfg.data_path, cfg.model_asked)
+    assert manifest.is_file(), f"notebook 01 wrote no run manifest at {manifest}"
+    run_notebook("02_train_sae", env, tmp / "executed")
+    missing = [p for L in cfg.layers if not (p := paths.sae(L, cfg.sae_preset)).is_dir()]
+    assert not missing, f"notebook 02 wrote no {cfg.sae_preset} SAE at {missing}"
     # no announcements, news or update checks
     labconfig = tmp / "config" / "labconfig"
     labconfig.mkdir(parents=True)
@@ -67,11 +101,11 @@ def lab(tmp_path_factory):
                 break
             except OSError:
                 if server.poll() is not None:
-                    raise RuntimeError(f"JupyterLab exited: {(tmp / 'lab.log').read_text()[-2000:]}")
+                    raise RuntimeError(f"JupyterLab exited: {(tmp / 'lab.log').read_text()[-2000:]}") from None
                 time.sleep(0.5)
         else:
             raise RuntimeError("JupyterLab did not answer within 60 s")
-        yield url, token
+        yield Lab(url, token, cfg, paths)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -103,7 +137,7 @@ def move_slider(page, label: str, key: str, times: int) -> None:
 def test_sliders_update_count_and_figure_in_jupyterlab(lab):
     from playwright.sync_api import sync_playwright
 
-    url, token = lab
+    url, token, cfg = lab.url, lab.token, lab.cfg
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -126,6 +160,7 @@ def test_sliders_update_count_and_figure_in_jupyterlab(lab):
             page.screenshot(path=str(SHOTS / "01_explorer.png"))
             count0, data0 = explorer_state(page)
 
+            assert count0.startswith(f"layer {cfg.layers[0]}, threshold {cfg.threshold:.2f}:"), count0
             move_slider(page, "threshold", "ArrowLeft", 25)  # 0.60 -> 0.35
             page.wait_for_function("c => document.querySelector('.monosem-count').innerText !== c", arg=count0, timeout=30_000)
             count1, data1 = explorer_state(page)
@@ -139,7 +174,16 @@ def test_sliders_update_count_and_figure_in_jupyterlab(lab):
             page.wait_for_function("c => document.querySelector('.monosem-count').innerText !== c", arg=count1, timeout=30_000)
             count2, data2 = explorer_state(page)
             page.screenshot(path=str(SHOTS / "03_layer_moved.png"))
-            assert count2.startswith("layer 1,") and count2 != count1, (count1, count2)
+            assert count2.startswith(f"layer {cfg.layers[1]},") and count2 != count1, (count1, count2)
             assert data2 != data1, "the figure's data did not change with the layer"
         finally:
             browser.close()
+    # the last cell writes the per-feature tables of every trained preset (the kernel may still be finishing it)
+    wanted = [lab.paths.selectivity_csv(p, L) for p in cfg.sae_presets for L in cfg.layers]
+    deadline = time.monotonic() + 120
+    while not all(p.is_file() for p in wanted) and time.monotonic() < deadline:
+        time.sleep(1)
+    missing = [str(p) for p in wanted if not p.is_file()]
+    assert not missing, f"notebook 03 run in JupyterLab did not write {missing}"
+    header = wanted[0].read_text().splitlines()[0].split(",")
+    assert {"feature", "score", "top_concept", "q"} <= set(header), header

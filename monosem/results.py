@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
@@ -30,12 +30,21 @@ from monosem.sae.saelens import load_sae
 from monosem.sae.train import TokenSource, sae_metrics
 from monosem.selectivity import layer_summary
 
+R = TypeVar("R", "SaeMetricsFile", "Summary")  # the typed records read from JSON
 TIMING_KEYS = ("seconds", "tokens_per_second")  # vary run to run: kept in sae_metrics.json, left out of summary.json
 
 
-def _check_model(path: Path, found: str, spec: ModelSpec, notebook: str) -> None:
+def _read_record(cls: type[R], path: Path, spec: ModelSpec, notebook: str, fix: str) -> R:
+    """The record ``cls`` stored as JSON at ``path``; checks that it has every field and describes ``spec``'s model."""
+    raw = read_json(path, cls.__name__, fix)
+    try:
+        record = cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls)})
+    except (KeyError, TypeError) as exc:
+        raise MonosemError(f"{path} lacks {exc}; rerun {notebook}") from None
+    found = record.model_used
     if found != spec.used:
         raise MonosemError(f"{path} describes {found!r}, not {spec.used!r}; rerun {notebook} for this model")
+    return record
 
 
 @dataclass
@@ -63,13 +72,8 @@ def read_sae_metrics(mp: ModelPaths, spec: ModelSpec) -> SaeMetricsFile | None:
     path = mp.results / "sae_metrics.json"
     if not path.is_file():
         return None
-    raw = read_json(path, "SAE metrics", "rerun notebooks/02_train_sae.ipynb")
-    try:
-        record = SaeMetricsFile(**{f.name: raw[f.name] for f in dataclasses.fields(SaeMetricsFile)})
-    except (KeyError, TypeError) as exc:
-        raise MonosemError(f"{path} lacks {exc}; rerun notebooks/02_train_sae.ipynb") from None
-    _check_model(path, record.model_used, spec, "notebooks/02_train_sae.ipynb")
-    return record
+    notebook = "notebooks/02_train_sae.ipynb"
+    return _read_record(SaeMetricsFile, path, spec, notebook, f"rerun {notebook}")
 
 
 @dataclass
@@ -104,12 +108,8 @@ def write_summary(mp: ModelPaths, summary: Summary) -> Path:
 def read_summary(mp: ModelPaths, spec: ModelSpec, preset: str | None = None) -> Summary:
     """``summary.json`` of this model (and, if given, of ``preset``), or an error that says to run notebook 03."""
     path = mp.results / "summary.json"
-    raw = read_json(path, "summary", "run notebooks/03_selectivity.ipynb first")
-    try:
-        summary = Summary(**{f.name: raw[f.name] for f in dataclasses.fields(Summary)})
-    except (KeyError, TypeError) as exc:
-        raise MonosemError(f"{path} lacks {exc}; rerun notebooks/03_selectivity.ipynb") from None
-    _check_model(path, summary.model_used, spec, "notebooks/03_selectivity.ipynb")
+    notebook = "notebooks/03_selectivity.ipynb"
+    summary = _read_record(Summary, path, spec, notebook, f"run {notebook} first")
     if preset is not None and summary.sae_preset != preset:
         raise MonosemError(f"{path} describes the {summary.sae_preset!r} SAEs, not {preset!r}; rerun notebooks/03_selectivity.ipynb "
                            f"with MONOSEM_SAE_PRESET={preset}, or use MONOSEM_SAE_PRESET={summary.sae_preset} here")

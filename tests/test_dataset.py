@@ -1,7 +1,8 @@
 import pytest
-from conftest import ROOT
 
-import helpers as h
+from monosem.config import MonosemError
+from monosem.dataset import CATEGORIES, load_concepts, word_span
+from monosem.testing import ROOT
 
 REFERENCE_WORDS = {"numbers": ["seven", "100", "13", "2024"], "emotions": ["happy", "angry", "worried"],
                    "actions": ["running", "flying", "walks"], "colors": ["blue", "red", "green"]}
@@ -9,7 +10,7 @@ REFERENCE_WORDS = {"numbers": ["seven", "100", "13", "2024"], "emotions": ["happ
 
 def test_shipped_dataset_meets_the_spec(concepts):
     df = concepts
-    assert set(df.concept) == set(h.CATEGORIES)
+    assert set(df.concept) == set(CATEGORIES)
     assert (df.groupby("concept").word.nunique() >= 40).all()
     assert df.groupby("word").size().min() >= 5
     for concept, words in REFERENCE_WORDS.items():
@@ -30,9 +31,9 @@ def test_generator_reproduces_the_csv(tmp_path):
 
 
 def test_word_span_whole_word_only():
-    assert h.word_span("He felt happy.", "happy") == (8, 13)
-    assert h.word_span("He felt unhappy.", "happy") is None
-    assert h.word_span("happy happy", "happy") is None
+    assert word_span("He felt happy.", "happy") == (8, 13)
+    assert word_span("He felt unhappy.", "happy") is None
+    assert word_span("happy happy", "happy") is None
 
 
 @pytest.mark.parametrize("text, message", [
@@ -48,25 +49,25 @@ def test_word_span_whole_word_only():
 def test_loader_rejects_bad_files(tmp_path, text, message):
     p = tmp_path / "c.csv"
     p.write_text(text, encoding="utf-8")
-    with pytest.raises(h.MonosemError) as err:
-        h.load_concepts(p)
+    with pytest.raises(MonosemError) as err:
+        load_concepts(p)
     assert message in str(err.value)
 
 
 def test_loader_rejects_non_utf8(tmp_path):
     p = tmp_path / "c.csv"
     p.write_bytes(b"concept,word,sentence\nnumbers,two,She had two \xff coins.\n")
-    with pytest.raises(h.MonosemError, match="line 2 is not valid UTF-8"):
-        h.load_concepts(p)
+    with pytest.raises(MonosemError, match="line 2 is not valid UTF-8"):
+        load_concepts(p)
 
 
 def test_loader_rejects_word_in_two_concepts(tmp_path):
     p = tmp_path / "c.csv"
     p.write_text("concept,word,sentence\nnumbers,orange,A orange x.\ncolors,orange,The orange door.\n", encoding="utf-8")
-    with pytest.raises(h.MonosemError, match="several concepts"):
-        h.load_concepts(p)
+    with pytest.raises(MonosemError, match="several concepts"):
+        load_concepts(p)
 
 
 def test_missing_file_says_how_to_make_it(tmp_path):
-    with pytest.raises(h.MonosemError, match="make_concepts.py"):
-        h.load_concepts(tmp_path / "nope.csv")
+    with pytest.raises(MonosemError, match="make_concepts.py"):
+        load_concepts(tmp_path / "nope.csv")

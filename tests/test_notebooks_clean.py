@@ -1,7 +1,8 @@
 import json
 
 import pytest
-from conftest import ROOT
+
+from monosem.testing import ROOT
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
