@@ -7,6 +7,7 @@ are kept out of every output.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,15 +57,33 @@ def encode_examples(tokenizer: Any, sentences: Sequence[str], spans: Sequence[tu
     return out
 
 
+def normalise_text(text: str) -> str:
+    """``text`` as an uncased tokenizer sees it: accents stripped (NFKD), case folded, spaces removed."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch) and not ch.isspace()).casefold()
+
+
+def check_lengths(tokenizer: Any, df: pd.DataFrame, max_positions: int) -> None:
+    """Raise a MonosemError naming the dataset line of every sentence longer than the model's ``max_positions`` tokens."""
+    too_long = [(line, n) for line, n in zip(df["line"] if "line" in df else range(2, len(df) + 2),
+                                             (len(e.ids) for e in encode_examples(tokenizer, df["sentence"].tolist())))
+                if n > max_positions]
+    if too_long:
+        shown = ", ".join(f"line {line} ({n} tokens)" for line, n in too_long[:5])
+        raise MonosemError(f"{len(too_long)} sentence(s) are longer than the model's limit of {max_positions} tokens: {shown}; "
+                           "shorten them in the concept dataset (a sentence of a few words is enough)")
+
+
 def word_token_check(tokenizer: Any, df: pd.DataFrame) -> pd.DataFrame:
-    """Per example: the tokens marked as the word, their decoded text, and whether it equals the word."""
+    """Per example: the tokens marked as the word, their decoded text, and whether it spells the word
+    (compared as normalised text, so an uncased tokenizer's 'cafe' matches 'Café')."""
     enc = encode_examples(tokenizer, df["sentence"].tolist(), list(zip(df["word_start"], df["word_end"])))
     rows = []
     for e, word, sentence in zip(enc, df["word"], df["sentence"]):
         ids = [i for i, w in zip(e.ids, e.in_word) if w]
         decoded = tokenizer.decode(ids).strip()
         rows.append({"word": word, "sentence": sentence, "word_tokens": tokenizer.convert_ids_to_tokens(ids),
-                     "decoded": decoded, "ok": decoded.replace(" ", "").casefold() == word.casefold()})
+                     "decoded": decoded, "ok": normalise_text(decoded) == normalise_text(word)})
     return pd.DataFrame(rows)
 
 
@@ -172,6 +191,8 @@ def extract_concept_activations(model: nn.Module, tokenizer: Any, df: pd.DataFra
     word last token, mean over the sentence's non-special tokens) and, with ``mlp``, the same
     poolings of the MLP post-activations ``L{L}.mlp.{pooling}`` [n_examples, d_mlp].
     """
+    config: Any = model.config
+    check_lengths(tokenizer, df, int(getattr(config, "max_position_embeddings", None) or 1 << 30))
     spans = list(zip(df["word_start"], df["word_end"]))
     return _extract(model, tokenizer, df["sentence"].tolist(), spans, layers, batch_size, device, progress, token_dir, mlp, dtype, None, chunk_size)
 

@@ -28,19 +28,26 @@ def word_span(sentence: str, word: str) -> tuple[int, int] | None:
 def load_concepts(path: Path | str, categories: Sequence[str] = CATEGORIES, concepts: Sequence[str] = CONCEPTS) -> pd.DataFrame:
     """Read and validate the concept dataset (columns concept, word, sentence).
 
-    Errors name the line of the file and what is wrong. Adds ``is_concept`` (in ``concepts``), ``label`` (index in
-    ``categories``), ``word_start``/``word_end`` (character span) and ``word_id``.
+    Errors name the line of the file and what is wrong. A UTF-8 byte-order mark (as Excel writes) is
+    accepted. Adds ``is_concept`` (in ``concepts``), ``label`` (index in ``categories``),
+    ``word_start``/``word_end`` (character span), ``word_id`` and ``line`` (the line in the file).
     """
     path = Path(path)
     if not path.is_file():
         raise MonosemError(f"concept dataset {path} not found; regenerate it with `python scripts/make_concepts.py`")
     raw = path.read_bytes()
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark: Excel's "CSV UTF-8"
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise MonosemError(f"{path}: line {line} is not valid UTF-8 (byte {exc.start}); save the file as UTF-8") from None
-    rows = list(csv.reader(io.StringIO(text)))
+    reader = csv.reader(io.StringIO(text))
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise MonosemError(f"{path}: line {reader.line_num}: {exc} (a field over {csv.field_size_limit():,} characters, or an unclosed quote); "
+                           "keep one sentence per line and close every quote") from None
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise MonosemError(f"{path} is empty; it needs a header line 'concept,word,sentence' and one row per sentence")
     header = [c.strip() for c in rows[0]]
@@ -67,10 +74,10 @@ def load_concepts(path: Path | str, categories: Sequence[str] = CATEGORIES, conc
         if key in seen:
             raise MonosemError(f"{path}: line {line_no} duplicates line {seen[key]}; remove one of them")
         seen[key] = line_no
-        records.append((concept, word, sentence, *span))
+        records.append((concept, word, sentence, *span, line_no))
     if not records:
         raise MonosemError(f"{path} has a header but no rows")
-    df = pd.DataFrame(records, columns=["concept", "word", "sentence", "word_start", "word_end"])
+    df = pd.DataFrame(records, columns=["concept", "word", "sentence", "word_start", "word_end", "line"])
     owners = df.groupby("word")["concept"].nunique()
     shared = [word for word, n in zip(owners.index, owners.to_numpy()) if n > 1]
     if shared:
