@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from monosem.config import MonosemError
+from monosem.selectivity import selectivity_table, top_words, word_means
+from monosem.testing import toy_concepts
+from monosem.viz.widgets import SelectivityExplorer, WordExplorer, explorer_view
+
+
+@pytest.fixture
+def tables():
+    rng = np.random.default_rng(0)
+    df = toy_concepts()
+    out = {}
+    for L in (0, 1, 2):
+        feats = rng.exponential(size=(len(df), 40)) * (rng.random((len(df), 40)) < 0.3 + 0.2 * L)
+        out[L] = selectivity_table(feats, df)
+    return out
+
+
+def test_explorer_view_is_pure_and_consistent(tables):
+    v = explorer_view(tables, 1, 0.6)
+    assert v["count"] == int((tables[1].score > 0.6).sum()) == len(v["indices"])
+    assert sum(sum(d["y"]) for d in v["hists"].values()) == 40
+    assert sum(v["hists"]["at or below threshold"]["y"]) == 40 - v["count"]
+    assert explorer_view(tables, 1, 0.6) == v
+    with pytest.raises(MonosemError):
+        explorer_view(tables, 7, 0.6)
+    with pytest.raises(MonosemError):
+        explorer_view(tables, 1, 1.2)
+
+
+def test_threshold_and_layer_sliders_update_the_figure(tables):
+    ex = SelectivityExplorer(tables, "toy-model", 0.6)
+    assert ex.layer.description == "layer" and ex.threshold.description == "threshold"
+    count0, title0, y0 = ex.count, ex.figure.layout.title.text, tuple(ex.figure.data[0].y)
+    ex.threshold.value = 0.3
+    assert ex.count == int((tables[0].score > 0.3).sum()) and ex.count > count0
+    assert tuple(ex.figure.data[0].y) != y0  # fewer features at or below the lower threshold
+    assert ex.figure.layout.shapes[0].x0 == 0.3 and ex.figure.layout.title.text != title0
+    assert "0.30" in ex.listing.value
+    y1 = tuple(ex.figure.data[0].y) + tuple(ex.figure.data[1].y)
+    ex.layer.value = 2
+    assert tuple(ex.figure.data[0].y) + tuple(ex.figure.data[1].y) != y1 and "layer 2" in ex.figure.layout.title.text
+    assert ex.count == int((tables[2].score > 0.3).sum())
+
+
+def test_word_explorer_layer_and_feature(tables):
+    df = toy_concepts()
+    rng = np.random.default_rng(1)
+    wms = {L: word_means(rng.random((len(df), 40)), df) for L in (0, 1)}
+    ex = WordExplorer(wms, df, {0: [3, 5], 1: [7, 9]}, "toy-model")
+    x0 = tuple(ex.figure.data[0].x)
+    ex.feature.value = 5
+    assert tuple(ex.figure.data[0].x) == tuple(top_words(wms[0], 5, 10).index) != x0
+    ex.layer.value = 1
+    assert ex.feature.value == 7 and "feature 7" in ex.figure.layout.title.text
+    assert tuple(ex.figure.data[0].y) == pytest.approx(tuple(top_words(wms[1], 7, 10)))
