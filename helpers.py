@@ -12,7 +12,7 @@ from __future__ import annotations
 from monosem.activations import position_norms, word_token_check
 from monosem.bases import compare_bases, standard_bases, trained_sae_basis
 from monosem.cache import load_or_extract_concepts, load_or_extract_corpus
-from monosem.config import MonosemError, RunConfig
+from monosem.config import RunConfig
 from monosem.corpus import background_split
 from monosem.dataset import load_concepts
 from monosem.fidelity import splice_fidelity
@@ -41,7 +41,7 @@ from monosem.viz.figures import fig_bases, fig_concept_means, fig_loss_curves, f
 from monosem.viz.widgets import SelectivityExplorer, WordExplorer
 
 __all__ = [
-    "MonosemError", "RunConfig",
+    "RunConfig",
     "pick_device", "set_seed",
     "check_layers", "get_blocks", "load_model", "load_tokenizer", "resolve_model", "show_model_banner",
     "model_paths",

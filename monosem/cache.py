@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from monosem.activations import extract_concept_activations, extract_corpus_activations
 from monosem.config import CODE_VERSION, POOLINGS, MonosemError
 from monosem.dataset import dataset_hash
-from monosem.io import atomic_dir, clean_stale_temp, hash_json, read_json, sha256_file
+from monosem.io import atomic_dir, clean_stale_temp, file_lock, hash_json, read_json, sha256_file
 from monosem.model import ModelSpec, load_model
 from monosem.paths import ModelPaths
 
@@ -118,7 +118,12 @@ def _verify_cache(folder: Path) -> dict:
     meta = read_json(folder / "meta.json", "cache metadata", fix)
     if not isinstance(meta, dict) or meta.get("key") != folder.name or hash_json(meta.get("key_inputs")) != folder.name:
         raise MonosemError(f"{folder / 'meta.json'} does not match its folder's key; {fix}")
-    for name, digest in meta["sha256"].items():
+    listed: dict[str, str] = meta["sha256"] if isinstance(meta.get("sha256"), dict) else {}
+    present = {p.name for p in folder.iterdir() if p.name != "meta.json"}
+    if not listed or set(listed) != present:
+        raise MonosemError(f"{folder / 'meta.json'} lists checksums for {sorted(listed)} but the folder holds {sorted(present)}; "
+                           f"every file needs one; {fix}")
+    for name, digest in listed.items():
         p = folder / name
         if not p.is_file() or sha256_file(p) != digest:
             raise MonosemError(f"{p} is missing or corrupted (checksum mismatch); {fix}")
@@ -140,13 +145,21 @@ def _load_or_build(mp: ModelPaths, key: str, inputs: dict, n_examples: int, buil
     base = mp.activations
     clean_stale_temp(base)
     folder = base / key
-    if folder.is_dir():
-        try:
-            cache = open_cache(mp, key)
-            log.info("loaded cached activations from %s", folder)
-            return cache
-        except Exception as exc:  # a damaged cache is recomputed, never trusted
-            warnings.warn(f"activation cache {folder} is damaged ({exc}); recomputing it", stacklevel=2)
+    with file_lock(folder):  # a second run on this data folder waits here, then loads what the first one wrote
+        if folder.is_dir():
+            try:
+                cache = open_cache(mp, key)
+                log.info("loaded cached activations from %s", folder)
+                return cache
+            except Exception as exc:  # a damaged cache is recomputed, never trusted
+                warnings.warn(f"activation cache {folder} is damaged ({exc}); recomputing it", stacklevel=2)
+        _build(folder, key, inputs, n_examples, build, d_model, extra_files)
+    return open_cache(mp, key)
+
+
+def _build(folder: Path, key: str, inputs: dict, n_examples: int, build: Callable[[Path], dict[str, Any]], d_model: Callable[[], int],
+           extra_files: dict[str, str] | None) -> None:
+    """Run ``build`` into a temp folder, add the texts, checksums and meta.json, and rename it to ``folder``."""
     with atomic_dir(folder) as tmp:
         t0 = time.perf_counter()
         out = build(tmp)
@@ -161,7 +174,6 @@ def _load_or_build(mp: ModelPaths, key: str, inputs: dict, n_examples: int, buil
                 "seconds": round(seconds, 2), "tokens_per_second": round(n_tokens / seconds, 1)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     log.info("extracted %d tokens in %.1f s -> %s", n_tokens, seconds, folder)
-    return open_cache(mp, key)
 
 
 def _hidden_size(model: nn.Module) -> int:

@@ -67,7 +67,7 @@ def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _Invalid(f"must be a whole number, got {value!r}")
         if value < lo or (hi is not None and value > hi):
-            raise _Invalid(f"must lie in {lo}..{hi if hi is not None else 'any'}, got {value}")
+            raise _Invalid(f"must be {f'>= {lo}' if hi is None else f'in {lo}..{hi}'}, got {value}")
         return value
 
     return check
@@ -185,7 +185,7 @@ class RunConfig:
     alpha: float = setting(0.05, "MONOSEM_ALPHA", "false discovery rate for the q-values", float, _float(0, 1, True, True), "(0, 1)")
     pooling: str = setting("mean", "MONOSEM_POOLING", "word-level pooling of token activations", str, _one_of(POOLINGS), ", ".join(POOLINGS))
     sae_preset: str = setting("reference", "MONOSEM_SAE_PRESET", "the SAE preset the figures, CSVs and dashboards describe", str,
-                              _one_of(PRESET_NAMES + (EXTERNAL_PRESET,)), ", ".join(PRESET_NAMES))
+                              _one_of(PRESET_NAMES + (EXTERNAL_PRESET,)), ", ".join(PRESET_NAMES + (EXTERNAL_PRESET,)))
     n_permutations: int = setting(1000, "MONOSEM_PERMUTATIONS", "label permutations per test", int, _int(1), ">= 1")
     n_bootstrap: int = setting(1000, "MONOSEM_BOOTSTRAP", "bootstrap resamples of words", int, _int(1), ">= 1")
     n_splits: int = setting(20, "MONOSEM_SPLITS", "random half/half word splits for held-out agreement", int, _int(1), ">= 1")
@@ -200,7 +200,7 @@ class RunConfig:
             try:
                 object.__setattr__(self, f.name, f.metadata["check"](getattr(self, f.name)))
             except _Invalid as exc:
-                raise MonosemError(f"{f.metadata['env']} ({f.name}) = {getattr(self, f.name)!r} is invalid: {exc}") from None
+                raise MonosemError(f"{f.metadata['env']} ({f.name}) = {getattr(self, f.name)!r} is invalid: {exc}; allowed: {f.metadata['allowed']}") from None
         if self.sae_source is None and self.sae_preset not in self.sae_presets:
             raise MonosemError(f"MONOSEM_SAE_PRESET={self.sae_preset!r} is not among the trained presets MONOSEM_SAE_PRESETS={','.join(self.sae_presets)}; "
                                "add it there or pick one of them")

@@ -13,19 +13,23 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from monosem.config import MonosemError
-from monosem.io import atomic_dir
+from monosem.io import atomic_dir, read_json, sha256_file
 from monosem.model import ModelSpec, hub_reachable
 from monosem.paths import ModelPaths
 from monosem.sae.base import SAE
 from monosem.sae.registry import sae_class
 
 SAELENS_FORMAT_VERSION = "6.0.0"
+CHECKSUMS = "checksums.json"  # SHA-256 of every other file of a folder this project wrote; SAELens ignores it
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+RETRAIN = "retrain it with notebooks/02_train_sae.ipynb (or fix the MONOSEM_SAE_SOURCE folder)"
 
 
 def save_sae(sae: SAE, folder: Path, model_name: str, layer: int, extra_metadata: dict | None = None, training: dict | None = None) -> None:
     """Write ``cfg.json`` + ``sae_weights.safetensors`` in the SAELens (>= 6) on-disk format, atomically.
 
-    ``training`` (history, metrics, key) goes to ``training.json`` beside them; SAELens ignores it.
+    ``training`` (history, metrics, key) goes to ``training.json`` beside them, and the SHA-256 of every
+    file to ``checksums.json``; SAELens ignores both. Weights with NaN or Inf are refused before anything is written.
     """
     shape = sae.to_cfg()
     cfg = {
@@ -49,19 +53,42 @@ def save_sae(sae: SAE, folder: Path, model_name: str, layer: int, extra_metadata
         **shape,  # the architecture's own keys (topk: k, rescale_acts_by_decoder_norm)
     }
     weights = {k: getattr(sae, k).detach().float().cpu().contiguous() for k in sae.tensor_shapes(sae.d_in, sae.d_sae)}
+    bad = [k for k, w in weights.items() if not torch.isfinite(w).all()]
+    if bad:
+        raise MonosemError(f"the SAE for {folder} has NaN or Inf in {bad} (training diverged); nothing was written. "
+                           "Lower the learning rate or check the activations, then retrain")
     with atomic_dir(Path(folder)) as tmp:
         save_file(weights, tmp / "sae_weights.safetensors")
         (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
         if training is not None:
             (tmp / "training.json").write_text(json.dumps(training, indent=2), encoding="utf-8")
+        (tmp / CHECKSUMS).write_text(json.dumps({p.name: sha256_file(p) for p in sorted(tmp.iterdir())}, indent=2), encoding="utf-8")
+
+
+def _verify_checksums(folder: Path) -> None:
+    """Check every file listed in ``checksums.json`` (folders this project wrote); a mismatch names the file and the fix."""
+    listed = read_json(folder / CHECKSUMS, "SAE checksums", RETRAIN)
+    if not isinstance(listed, dict) or not {"cfg.json", "sae_weights.safetensors"} <= set(listed):
+        raise MonosemError(f"{folder / CHECKSUMS} does not list cfg.json and sae_weights.safetensors; {RETRAIN}")
+    for name, digest in listed.items():
+        p = folder / str(name)
+        if not p.is_file() or sha256_file(p) != digest:
+            raise MonosemError(f"{p} is missing or corrupted (its SHA-256 does not match {CHECKSUMS}); {RETRAIN}")
 
 
 def load_sae(folder: Path | str) -> tuple[SAE, dict]:
-    """Load an SAE saved in the SAELens format (standard, topk or jumprelu); checks tensor names and shapes."""
+    """Load an SAE saved in the SAELens format (standard, topk or jumprelu).
+
+    Checks the files' SHA-256 (when the folder has ``checksums.json``, as every folder this project
+    writes does), tensor names and shapes, the dtype (floating, as ``cfg.json`` says) and that no
+    weight is NaN or Inf.
+    """
     folder = Path(folder)
     cfg_path, w_path = folder / "cfg.json", folder / "sae_weights.safetensors"
     if not cfg_path.is_file() or not w_path.is_file():
         raise MonosemError(f"{folder} is not an SAE folder (needs cfg.json and sae_weights.safetensors); run notebooks/02_train_sae.ipynb")
+    if (folder / CHECKSUMS).is_file():
+        _verify_checksums(folder)
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
@@ -74,13 +101,24 @@ def load_sae(folder: Path | str) -> tuple[SAE, dict]:
         cls.check_cfg(cfg)
     except MonosemError as exc:
         raise MonosemError(f"{folder}: {exc}") from None
-    weights = load_file(w_path)
+    try:
+        weights = load_file(w_path)
+    except Exception as exc:  # safetensors raises its own error types for a damaged header
+        raise MonosemError(f"{w_path} is not a readable safetensors file ({exc}); {RETRAIN}") from None
     shapes = cls.tensor_shapes(d_in, d_sae)
     if set(weights) != set(shapes):
         raise MonosemError(f"{w_path} holds tensors {sorted(weights)}, expected exactly {sorted(shapes)} for a {cls.architecture} SAE")
     for name, want in shapes.items():
         if tuple(weights[name].shape) != want:
             raise MonosemError(f"{w_path}: {name} has shape {tuple(weights[name].shape)}, expected {want} from cfg.json")
+    want_dtype = WEIGHT_DTYPES.get(str(cfg.get("dtype", "float32")))
+    wrong = {k: str(w.dtype) for k, w in weights.items() if w.dtype != want_dtype}
+    if want_dtype is None or wrong:
+        raise MonosemError(f"{w_path}: tensors {wrong or sorted(weights)} do not have the dtype {cfg.get('dtype', 'float32')!r} that cfg.json states "
+                           f"(supported: {', '.join(WEIGHT_DTYPES)}); {RETRAIN}")
+    bad = [k for k, w in weights.items() if not torch.isfinite(w).all()]
+    if bad:
+        raise MonosemError(f"{w_path}: {bad} contain NaN or Inf; {RETRAIN}")
     sae = cls.from_cfg(cfg)
     with torch.no_grad():
         for name in shapes:
