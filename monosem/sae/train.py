@@ -8,6 +8,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from monosem.cache import ActivationCache
 from monosem.config import CODE_VERSION, MonosemError
-from monosem.io import clean_stale_temp, hash_json
+from monosem.io import clean_stale_temp, file_lock, hash_json
 from monosem.model import ModelSpec
 from monosem.paths import ModelPaths
 from monosem.sae.base import SAE, TrainState
@@ -224,6 +225,13 @@ def train_or_load_sae(mp: ModelPaths, spec: ModelSpec, caches: Sequence[Activati
     key = hash_json(settings)
     folder = mp.sae(layer, preset)
     clean_stale_temp(folder.parent)
+    with file_lock(folder):  # a second run on this data folder waits here, then loads what the first one trained
+        return _load_or_train(folder, key, settings, spec, caches, layer, preset, steps, batch_size, seed, device, overrides)
+
+
+def _load_or_train(folder: Path, key: str, settings: dict, spec: ModelSpec, caches: Sequence[ActivationCache], layer: int, preset: str, steps: int,
+                   batch_size: int, seed: int, device: torch.device | str, overrides: dict[str, Any]) -> tuple[SAE, dict]:
+    """The SAE in ``folder`` if its ``training.json`` has ``key``, else a newly trained one, saved only if its weights are finite."""
     record_path = folder / "training.json"
     if record_path.is_file():
         try:

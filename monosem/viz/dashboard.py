@@ -30,7 +30,7 @@ def feature_token_acts(sae: SAE, arrays: Sequence[np.ndarray], features: Sequenc
     out = []
     for arr in arrays:
         for i in range(0, len(arr), batch_size):
-            x = torch.from_numpy(np.asarray(arr[i : i + batch_size], dtype=np.float32))
+            x = torch.from_numpy(np.array(arr[i : i + batch_size], dtype=np.float32))  # a writable copy of the memory-mapped rows
             out.append(sae.encode_features(x, feats).numpy())
     return np.concatenate(out)
 

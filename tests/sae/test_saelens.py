@@ -60,8 +60,12 @@ def test_saelens_format_roundtrip_and_validation(tmp_path):
     x = torch.randn(3, 8)
     torch.testing.assert_close(loaded.encode(x), sae.encode(x))
     assert hook_layer(cfg2) == 2
-    # wrong shapes, extra or missing tensors are clear errors
+    # wrong shapes, extra or missing tensors are clear errors: first the checksum written beside them catches any edit ...
     save_file({**w, "extra": torch.zeros(1)}, folder / "sae_weights.safetensors")
+    with pytest.raises(MonosemError, match=r"sae_weights.safetensors is missing or corrupted .*checksums.json.*retrain"):
+        load_sae(folder)
+    # ... and a folder without checksums (as SAELens writes them) is checked tensor by tensor
+    (folder / "checksums.json").unlink()
     with pytest.raises(MonosemError, match="expected exactly"):
         load_sae(folder)
     save_file({**w, "W_enc": torch.zeros(4, 8)}, folder / "sae_weights.safetensors")
@@ -73,6 +77,7 @@ def test_saelens_format_roundtrip_and_validation(tmp_path):
 
 def test_sae_folder_with_a_missing_tensor(tmp_path):
     save_sae(StandardSAE(8, 4, seed=0), tmp_path / "s", "m", 0)
+    (tmp_path / "s" / "checksums.json").unlink()  # as a folder SAELens wrote: checked tensor by tensor
     w = load_file(tmp_path / "s" / "sae_weights.safetensors")
     del w["b_dec"]
     save_file(w, tmp_path / "s" / "sae_weights.safetensors")
