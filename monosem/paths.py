@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from monosem.io import safe_child, slugify
+from monosem.io import ensure_writable_dir, safe_child, slugify
 
 REFERENCE_PRESET = "reference"  # its SAEs sit directly in saes/<model>/layer_<L>/ (the original layout)
 
@@ -57,8 +57,9 @@ class ModelPaths:
 
 
 def model_paths(data: Path, model_name: str) -> ModelPaths:
-    """The folders of the model called ``model_name`` (its slug cannot escape ``data``)."""
-    return ModelPaths(Path(data).resolve(), slugify(model_name))
+    """The folders of the model called ``model_name`` (its slug cannot escape ``data``); ``data`` is created and must be
+    writable, else a MonosemError names MONOSEM_DATA_DIR."""
+    return ModelPaths(ensure_writable_dir(Path(data)).resolve(), slugify(model_name))
 
 
 def manifest_path(data: Path, model_asked: str) -> Path:
