@@ -17,6 +17,8 @@ CONCEPTS: tuple[str, ...] = ("numbers", "emotions", "actions", "colors")
 CONTROLS: tuple[str, ...] = ("animals", "foods", "tools", "places")
 CATEGORIES: tuple[str, ...] = CONCEPTS + CONTROLS
 REQUIRED_COLUMNS: tuple[str, ...] = ("concept", "word", "sentence")
+FRAME_KINDS: tuple[str, ...] = ("neutral", "category")  # optional column frame_kind; without it every row is "unspecified"
+UNSPECIFIED = "unspecified"
 
 
 def word_span(sentence: str, word: str) -> tuple[int, int] | None:
@@ -29,8 +31,11 @@ def load_concepts(path: Path | str, categories: Sequence[str] = CATEGORIES, conc
     """Read and validate the concept dataset (columns concept, word, sentence).
 
     Errors name the line of the file and what is wrong. A UTF-8 byte-order mark (as Excel writes) is
-    accepted. Adds ``is_concept`` (in ``concepts``), ``label`` (index in ``categories``),
-    ``word_start``/``word_end`` (character span), ``word_id`` and ``line`` (the line in the file).
+    accepted. The optional columns ``frame`` (an id of the sentence frame) and ``frame_kind``
+    (``neutral``: a frame every category uses; ``category``: written for the word's category) mark
+    the crossed design; without them every row's kind is ``unspecified``. Adds ``is_concept`` (in
+    ``concepts``), ``label`` (index in ``categories``), ``word_start``/``word_end`` (character span),
+    ``word_id`` and ``line`` (the line in the file).
     """
     path = Path(path)
     if not path.is_file():
@@ -55,6 +60,8 @@ def load_concepts(path: Path | str, categories: Sequence[str] = CATEGORIES, conc
     if missing:
         raise MonosemError(f"{path}: line 1 lacks column(s) {missing}; the header must be 'concept,word,sentence' (found {header})")
     col = {c: header.index(c) for c in REQUIRED_COLUMNS}
+    frame_col = header.index("frame") if "frame" in header else None
+    kind_col = header.index("frame_kind") if "frame_kind" in header else None
     records, seen = [], {}
     for line_no, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
@@ -74,10 +81,14 @@ def load_concepts(path: Path | str, categories: Sequence[str] = CATEGORIES, conc
         if key in seen:
             raise MonosemError(f"{path}: line {line_no} duplicates line {seen[key]}; remove one of them")
         seen[key] = line_no
-        records.append((concept, word, sentence, *span, line_no))
+        kind = row[kind_col].strip() if kind_col is not None else UNSPECIFIED
+        if kind_col is not None and kind not in FRAME_KINDS:
+            raise MonosemError(f"{path}: line {line_no}: frame_kind {kind!r} must be one of {list(FRAME_KINDS)} (neutral: a frame every category uses)")
+        frame = row[frame_col].strip() if frame_col is not None else ""
+        records.append((concept, word, sentence, *span, line_no, frame, kind))
     if not records:
         raise MonosemError(f"{path} has a header but no rows")
-    df = pd.DataFrame(records, columns=["concept", "word", "sentence", "word_start", "word_end", "line"])
+    df = pd.DataFrame(records, columns=["concept", "word", "sentence", "word_start", "word_end", "line", "frame", "frame_kind"])
     owners = df.groupby("word")["concept"].nunique()
     shared = [word for word, n in zip(owners.index, owners.to_numpy()) if n > 1]
     if shared:

@@ -1,8 +1,13 @@
-"""Regenerate data/concepts.csv: 4 concepts + 4 control categories, >= 40 words each, 5 sentences per word.
+"""Regenerate data/concepts.csv: 4 concepts + 4 control categories, >= 40 words each, 7 sentences per word.
 
-Each word gets 3 frames written for its category (so the sentence reads naturally) and the
-2 NEUTRAL frames shared by every category, so that a feature which only reacts to a category's
-sentence frames cannot look selective: on the neutral frames the word is the only difference.
+A crossed design: every word appears in the 4 NEUTRAL frames, and every neutral frame is used by all
+8 categories, so no neutral frame can carry a category: on the neutral frames the word is the only
+difference. Each word also gets 3 frames written for its category (so the sentence reads naturally);
+those rows are marked ``frame_kind=category`` and the analysis reports them separately, because a
+feature that only reacts to a category's sentence frames would look selective on them.
+
+Columns: concept, word, sentence, frame (an id such as ``neutral_2`` or ``colors_1``), frame_kind
+(``neutral`` or ``category``).
 
     python scripts/make_concepts.py            # writes data/concepts.csv
 """
@@ -19,6 +24,8 @@ from pathlib import Path
 NEUTRAL = [
     "She wrote the word {w} on the board.",
     "The next word on the list was {w}.",
+    "He said the word {w} twice.",
+    "The card in the box said {w}.",
 ]
 
 # category -> list of (frames, words). A category can have several groups when its words come
@@ -117,32 +124,38 @@ CATEGORIES: dict[str, list[tuple[list[str], list[str]]]] = {
 CONCEPTS = ["numbers", "emotions", "actions", "colors"]
 
 
-def rows() -> list[tuple[str, str, str]]:
-    """All (category, word, sentence) rows, category-specific frames first, then NEUTRAL."""
+def rows() -> list[tuple[str, str, str, str, str]]:
+    """All (category, word, sentence, frame, frame_kind) rows, category-specific frames first, then NEUTRAL."""
     out = []
     for category, groups in CATEGORIES.items():
-        for frames, words in groups:
+        for g, (frames, words) in enumerate(groups):
+            ids = [f"{category}_{g * len(frames) + i + 1}" for i in range(len(frames))]
             for word in words:
                 if not word.isalnum():  # "sledgehammer" style placeholders are never written
                     continue
-                for frame in frames + NEUTRAL:
-                    out.append((category, word, frame.format(w=word)))
+                for frame_id, frame in zip(ids, frames):
+                    out.append((category, word, frame.format(w=word), frame_id, "category"))
+                for i, frame in enumerate(NEUTRAL, start=1):
+                    out.append((category, word, frame.format(w=word), f"neutral_{i}", "neutral"))
     return out
 
 
-def check(all_rows: list[tuple[str, str, str]]) -> None:
-    """Fail loudly if a word is shared between categories or not exactly once in a sentence."""
+def check(all_rows: list[tuple[str, str, str, str, str]]) -> None:
+    """Fail loudly if a word is shared between categories or not exactly once in a sentence, or the design is not crossed."""
     owner: dict[str, str] = {}
-    for category, word, sentence in all_rows:
+    for category, word, sentence, _, _ in all_rows:
         if owner.setdefault(word, category) != category:
             raise SystemExit(f"word {word!r} is in both {owner[word]} and {category}")
         n = len(re.findall(rf"(?<!\w){re.escape(word)}(?!\w)", sentence))
         if n != 1:
             raise SystemExit(f"{word!r} occurs {n} times in {sentence!r}")
     for category in CATEGORIES:
-        n_words = len({w for c, w, _ in all_rows if c == category})
+        n_words = len({w for c, w, *_ in all_rows if c == category})
         if n_words < 40:
             raise SystemExit(f"{category} has only {n_words} words, need >= 40")
+        used = {f for c, _, _, f, kind in all_rows if c == category and kind == "neutral"}
+        if used != {f"neutral_{i}" for i in range(1, len(NEUTRAL) + 1)}:
+            raise SystemExit(f"{category} does not use every neutral frame")
 
 
 def main(path: Path) -> None:
@@ -150,12 +163,12 @@ def main(path: Path) -> None:
     check(all_rows)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["concept", "word", "sentence"])
+    writer.writerow(["concept", "word", "sentence", "frame", "frame_kind"])
     writer.writerows(all_rows)
     tmp = path.with_suffix(".csv.tmp")
     tmp.write_text(buf.getvalue(), encoding="utf-8")
     os.replace(tmp, path)
-    print(f"wrote {len(all_rows)} rows, {len({w for _, w, _ in all_rows})} words to {path}")
+    print(f"wrote {len(all_rows)} rows, {len({w for _, w, *_ in all_rows})} words to {path}")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,26 @@ def test_shipped_dataset_meets_the_spec(concepts):
     for concept, words in REFERENCE_WORDS.items():
         present = set(df[df.concept == concept].word)
         assert set(words) <= present, f"{concept} lacks reference words {set(words) - present}"
-    # at least 2 sentences of every word come from the neutral frames shared by all categories
-    neutral = [f.replace("{w}", "") for f in ("She wrote the word {w} on the board.", "The next word on the list was {w}.")]
-    shared = df.apply(lambda r: r.sentence.replace(r.word, "", 1) in neutral, axis=1)
-    assert shared.groupby(df.word).sum().min() >= 2
+    # a crossed design: every word in at least 4 neutral frames, every neutral frame used by all 8 categories
+    neutral = df[df.frame_kind == "neutral"]
+    assert neutral.groupby("word").frame.nunique().reindex(df.word.unique()).min() >= 4
+    per_frame = neutral.groupby("frame").concept.nunique()
+    assert len(per_frame) >= 4 and (per_frame == len(CATEGORIES)).all()
+    # a neutral frame is the same sentence around the word whatever the category; category frames belong to one category
+    templates = neutral.apply(lambda r: r.sentence.replace(r.word, "{w}", 1), axis=1).groupby(neutral.frame).nunique()
+    assert (templates == 1).all()
+    category = df[df.frame_kind == "category"]
+    assert (category.groupby("frame").concept.nunique() == 1).all() and set(df.frame_kind) == {"neutral", "category"}
+
+
+def test_frame_columns_are_optional_and_validated(tmp_path):
+    plain = tmp_path / "plain.csv"
+    plain.write_text("concept,word,sentence\nnumbers,two,She had two coins.\n", encoding="utf-8")
+    assert load_concepts(plain).frame_kind.tolist() == ["unspecified"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("concept,word,sentence,frame,frame_kind\nnumbers,two,She had two coins.,f1,shared\n", encoding="utf-8")
+    with pytest.raises(MonosemError, match="line 2: frame_kind 'shared' must be one of"):
+        load_concepts(bad)
 
 
 def test_generator_reproduces_the_csv(tmp_path):
