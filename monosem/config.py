@@ -20,7 +20,7 @@ CODE_VERSION = "3"  # bump when a change alters cached tensors or trained SAEs
 DEFAULT_MODEL = "gpt2-medium"
 POOLINGS: tuple[str, ...] = ("mean", "last", "sentence")  # word-token mean, word last token, sentence mean
 TOKEN_DTYPES: tuple[str, ...] = ("float32", "float16")
-PRESET_NAMES: tuple[str, ...] = ("reference", "l1", "topk")  # the trainable recipes of monosem.sae.presets
+PRESET_NAMES: tuple[str, ...] = ("reference", "l1", "topk", "matryoshka")  # the trainable recipes of monosem.sae.presets
 EXTERNAL_PRESET = "external"  # SAEs imported from elsewhere (MONOSEM_SAE_SOURCE)
 
 
@@ -177,8 +177,8 @@ class RunConfig:
     sae_presets: tuple[str, ...] = setting(PRESET_NAMES, "MONOSEM_SAE_PRESETS", "SAE recipes to train", _parse_names, _presets, ", ".join(PRESET_NAMES))
     sae_steps: int = setting(600, "MONOSEM_SAE_STEPS", "optimiser steps per SAE", int, _int(1), ">= 1")
     sae_batch: int = setting(256, "MONOSEM_SAE_BATCH", "tokens per optimiser step", int, _int(1), ">= 1")
-    sae_expansion: float = setting(8.0, "MONOSEM_SAE_EXPANSION", "d_sae / d_model of the l1 and topk presets", float, _float(0, 1024, lo_open=True), "> 0")
-    sae_k: int = setting(32, "MONOSEM_SAE_K", "active features per token of the topk preset", int, _int(1), ">= 1")
+    sae_expansion: float = setting(8.0, "MONOSEM_SAE_EXPANSION", "d_sae / d_model of the l1, topk and matryoshka presets", float, _float(0, 1024, lo_open=True), "> 0")
+    sae_k: int = setting(32, "MONOSEM_SAE_K", "active features per token of the topk preset (on average over a batch: matryoshka)", int, _int(1), ">= 1")
     seed: int = setting(0, "MONOSEM_SEED", "seed of initialisation, batch order, permutations and bootstrap", int, _int(0, 2**32 - 1), "0..2^32-1")
     # selectivity (notebooks 03-04)
     threshold: float = setting(0.6, "MONOSEM_THRESHOLD", "reference score above which a feature is called monosemantic", float, _float(0, 1), "[0, 1]")

@@ -18,7 +18,8 @@ from monosem.sae.train import train_sae
 from monosem.stats import feature_statistics
 from monosem.testing import synthetic_activations
 
-PRESETS = {"reference": {}, "l1": {"expansion": 2}, "topk": {"expansion": 2, "k": 4, "dead_steps": 10}}  # dead_steps: AuxK runs too
+PRESETS = {"reference": {}, "l1": {"expansion": 2}, "topk": {"expansion": 2, "k": 4, "dead_steps": 10},
+           "matryoshka": {"expansion": 2, "k": 4, "dead_steps": 10}}  # dead_steps: AuxK runs too
 STEPS, BATCH = 60, 64
 
 

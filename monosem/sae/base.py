@@ -2,7 +2,7 @@
 
 pre = (x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc; encode = ``activate(pre)``;
 decode = ``f @ W_dec + b_dec``. A subclass per architecture (``monosem.sae.standard``, ``topk``,
-``jumprelu``) owns its activation, its training loss and its extra SAELens config keys; nothing
+``jumprelu``, ``matryoshka``) owns its activation, its training loss and its extra SAELens config keys; nothing
 else in the package switches on the architecture name.
 """
 
@@ -46,6 +46,8 @@ class SAE(nn.Module):
     sparsity_name: ClassVar[str] = "l1"  # name of the second loss term in the training history
     decoder_init_norm: ClassVar[float] = 0.1  # norm of the decoder rows of the tied initialisation
     extra_tensors: ClassVar[tuple[str, ...]] = ()
+    saelens_architecture: ClassVar[str] = ""  # the architecture its SAELens folders declare when it differs (BatchTopK: jumprelu)
+    preset_keys: ClassVar[tuple[str, ...]] = ()  # the preset settings its constructor takes (topk: k)
 
     def __init__(self, d_in: int, d_sae: int, apply_b_dec_to_input: bool = False, seed: int | None = None):
         super().__init__()
@@ -76,6 +78,17 @@ class SAE(nn.Module):
         """The shape keys of the SAELens ``cfg.json`` plus this architecture's own."""
         return {"d_in": self.d_in, "d_sae": self.d_sae, "apply_b_dec_to_input": bool(self.apply_b_dec_to_input), "architecture": self.architecture,
                 **self.cfg_extra()}
+
+    def saelens_extra(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(top-level keys, metadata keys) this architecture adds to a SAELens ``cfg.json``; by default ``cfg_extra()``
+        at the top level."""
+        return self.cfg_extra(), {}
+
+    @classmethod
+    def from_saelens_weights(cls, cfg: dict[str, Any], weights: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The tensors of a SAELens folder of this architecture under this class's names and in its units (a SAELens
+        training checkpoint may store them otherwise); by default unchanged."""
+        return weights
 
     @classmethod
     def tensor_shapes(cls, d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
@@ -138,11 +151,21 @@ class SAE(nn.Module):
         self.W_dec.div_(scale)
         self.b_dec.div_(scale)
 
+    def l0_problem(self, l0: float) -> str | None:
+        """Why a mean L0 measured on data is impossible or implausible for this architecture, or None when it is fine."""
+        return None
+
     # -- training ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def calibrate(self, x: Tensor) -> None:
+        """Set data-dependent inference state from a sample of (scaled) training inputs [n, d_in] at initialisation
+        (a BatchTopK threshold); by default nothing."""
 
     def training_loss(self, x: Tensor, state: TrainState) -> LossParts:
         """The loss of one batch [n, d_in] under this architecture's recipe."""
-        raise MonosemError(f"{self.architecture} SAEs can be imported and analysed here, not trained; use the reference, l1 or topk preset")
+        raise MonosemError(f"{self.architecture} SAEs can be imported and analysed here, not trained; use one of the presets "
+                           "(monosem.sae.presets.PRESETS)")
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -17,7 +17,7 @@ from monosem.io import atomic_dir, read_json, sha256_file
 from monosem.model import ModelSpec, hub_reachable
 from monosem.paths import ModelPaths
 from monosem.sae.base import SAE
-from monosem.sae.registry import sae_class
+from monosem.sae.registry import sae_class_for_cfg
 
 SAELENS_FORMAT_VERSION = "6.0.0"
 CHECKSUMS = "checksums.json"  # SHA-256 of every other file of a folder this project wrote; SAELens ignores it
@@ -31,16 +31,16 @@ def save_sae(sae: SAE, folder: Path, model_name: str, layer: int, extra_metadata
     ``training`` (history, metrics, key) goes to ``training.json`` beside them, and the SHA-256 of every
     file to ``checksums.json``; SAELens ignores both. Weights with NaN or Inf are refused before anything is written.
     """
-    shape = sae.to_cfg()
+    top_extra, meta_extra = sae.saelens_extra()  # the architecture's own keys (topk: k, rescale_acts_by_decoder_norm)
     cfg = {
-        "d_in": shape.pop("d_in"),
-        "d_sae": shape.pop("d_sae"),
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
         "dtype": "float32",
         "device": "cpu",
-        "apply_b_dec_to_input": shape.pop("apply_b_dec_to_input"),
+        "apply_b_dec_to_input": bool(sae.apply_b_dec_to_input),
         "normalize_activations": "none",
         "reshape_activations": "none",
-        "architecture": shape.pop("architecture"),
+        "architecture": sae.saelens_architecture or sae.architecture,
         "metadata": {
             "sae_lens_version": SAELENS_FORMAT_VERSION,
             "model_name": model_name,
@@ -48,9 +48,10 @@ def save_sae(sae: SAE, folder: Path, model_name: str, layer: int, extra_metadata
             "hook_head_index": None,
             "prepend_bos": True,
             "context_size": None,
+            **meta_extra,
             **(extra_metadata or {}),
         },
-        **shape,  # the architecture's own keys (topk: k, rescale_acts_by_decoder_norm)
+        **top_extra,
     }
     weights = {k: getattr(sae, k).detach().float().cpu().contiguous() for k in sae.tensor_shapes(sae.d_in, sae.d_sae)}
     bad = [k for k, w in weights.items() if not torch.isfinite(w).all()]
@@ -77,7 +78,7 @@ def _verify_checksums(folder: Path) -> None:
 
 
 def load_sae(folder: Path | str) -> tuple[SAE, dict]:
-    """Load an SAE saved in the SAELens format (standard, topk or jumprelu).
+    """Load an SAE saved in the SAELens format (standard, topk, jumprelu, or matryoshka_batchtopk, saved as jumprelu).
 
     Checks the files' SHA-256 (when the folder has ``checksums.json``, as every folder this project
     writes does), tensor names and shapes, the dtype (floating, as ``cfg.json`` says) and that no
@@ -94,7 +95,7 @@ def load_sae(folder: Path | str) -> tuple[SAE, dict]:
         d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
     except (ValueError, KeyError, TypeError) as exc:
         raise MonosemError(f"{cfg_path} is not a valid SAELens cfg.json ({exc}); retrain with notebooks/02_train_sae.ipynb") from None
-    cls = sae_class(cfg.get("architecture", "standard"))
+    cls = sae_class_for_cfg(cfg)
     if cfg.get("normalize_activations", "none") not in ("none", None):
         raise MonosemError(f"{folder}: normalize_activations={cfg['normalize_activations']!r} is not supported; fold the normalisation into the weights")
     try:
@@ -105,6 +106,10 @@ def load_sae(folder: Path | str) -> tuple[SAE, dict]:
         weights = load_file(w_path)
     except Exception as exc:  # safetensors raises its own error types for a damaged header
         raise MonosemError(f"{w_path} is not a readable safetensors file ({exc}); {RETRAIN}") from None
+    try:
+        weights = cls.from_saelens_weights(cfg, weights)
+    except MonosemError as exc:
+        raise MonosemError(f"{w_path}: {exc}") from None
     shapes = cls.tensor_shapes(d_in, d_sae)
     if set(weights) != set(shapes):
         raise MonosemError(f"{w_path} holds tensors {sorted(weights)}, expected exactly {sorted(shapes)} for a {cls.architecture} SAE")
@@ -138,13 +143,17 @@ def hook_layer(cfg: dict) -> int:
 
 
 def sae_from_saelens(obj: Any) -> tuple[SAE, dict]:
-    """Convert an SAE object of the sae_lens package (standard, topk or jumprelu) into this package's SAE."""
+    """Convert an SAE object of the sae_lens package (standard, topk, jumprelu; a Matryoshka BatchTopK training SAE as its
+    inference folder would hold it) into this package's SAE."""
     cfg = obj.cfg.to_dict() if hasattr(obj.cfg, "to_dict") else dict(vars(obj.cfg))
     cfg["architecture"] = obj.cfg.architecture() if callable(getattr(obj.cfg, "architecture", None)) else cfg.get("architecture", "standard")
     meta = cfg.get("metadata")
     cfg["metadata"] = meta if isinstance(meta, dict) else (meta.__dict__ if meta is not None else {})
+    cfg["dtype"] = "float32"
     state = {k: v.detach().float().cpu() for k, v in obj.state_dict().items()}
-    names = sae_class(cfg["architecture"]).tensor_shapes(int(cfg["d_in"]), int(cfg["d_sae"]))
+    cls = sae_class_for_cfg(cfg)
+    state = cls.from_saelens_weights(cfg, state)  # a training SAE's tensors as its inference folder holds them
+    names = cls.tensor_shapes(int(cfg["d_in"]), int(cfg["d_sae"]))
     with tempfile.TemporaryDirectory() as tmp:
         save_file({k: state[k].contiguous() for k in names if k in state}, Path(tmp) / "sae_weights.safetensors")
         (Path(tmp) / "cfg.json").write_text(json.dumps(cfg, default=str), encoding="utf-8")

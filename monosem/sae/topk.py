@@ -6,9 +6,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.functional import embedding_bag
 
 from monosem.config import MonosemError
 from monosem.sae.base import SAE, LossParts, TrainState
+from monosem.sae.sparse import auxk_loss, chosen_pre, encoder_input
 
 
 class TopKSAE(SAE):
@@ -17,6 +19,7 @@ class TopKSAE(SAE):
     architecture = "topk"
     sparsity_name = "aux"
     decoder_init_norm = 1.0
+    preset_keys = ("k",)
 
     def __init__(self, d_in: int, d_sae: int, apply_b_dec_to_input: bool = False, seed: int | None = None, k: int | None = None):
         if not (k and 0 < k <= d_sae):
@@ -43,23 +46,28 @@ class TopKSAE(SAE):
         values, idx = pre.topk(self.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, idx, values.relu())
 
+    def l0_problem(self, l0: float) -> str | None:
+        """TopK keeps at most k features per token; fewer is fine (the ReLU drops non-positive pre-activations)."""
+        if l0 > self.k + 1e-6:
+            return f"a TopK SAE keeps at most k = {self.k} features per token, but L0 = {l0:.4f}"
+        return None
+
     def training_loss(self, x: Tensor, state: TrainState) -> LossParts:
-        """Sparse decode (only the k active rows of W_dec are touched) plus AuxK while any feature is dead."""
+        """Sparse training (``monosem.sae.sparse``): only the k chosen latents of each token get encoder gradients, the
+        decode reads only their rows of W_dec, and AuxK (while any feature is dead) computes the dead latents only."""
         cfg = state.cfg
-        pre = self.train_pre_acts(x)
-        vals, idx = pre.topk(self.k, dim=-1, sorted=False)
-        vals = vals.relu()
-        x_hat = torch.nn.functional.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
-        fired = torch.zeros(self.d_sae, device=x.device).index_fill_(0, idx[vals > 0], 1.0) > 0
+        n = x.shape[0]
+        x_in, pre = encoder_input(self, x)
+        top, idx = pre.topk(self.k, dim=-1, sorted=False)
+        rows = torch.arange(n, device=x.device).repeat_interleave(self.k)
+        vals = chosen_pre(self, x_in, top.flatten(), rows, idx.flatten()).view(n, self.k).relu()
+        x_hat = embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
+        fired = torch.zeros(self.d_sae, device=x.device).index_fill_(0, idx[top > 0], 1.0) > 0
         rec = (x_hat - x).pow(2).sum(-1).mean()
         sparsity = torch.zeros((), device=x.device)
         if state.any_dead:  # AuxK: the top aux_k dead features reconstruct the residual error
             aux_k = min(cfg.get("aux_k") or self.d_in // 2, self.d_sae)
-            dead = state.since_fired > cfg["dead_steps"]
-            aux_vals, aux_idx = pre.masked_fill(~dead, float("-inf")).topk(aux_k, dim=-1, sorted=False)
-            aux_vals = aux_vals.relu().nan_to_num(0.0)
-            e_hat = torch.nn.functional.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_vals, mode="sum")
-            sparsity = (e_hat - (x - x_hat).detach()).pow(2).sum(-1).mean()
+            sparsity = auxk_loss(self, x_in, pre, (x - x_hat).detach(), state.since_fired > cfg["dead_steps"], aux_k)
         return LossParts(rec + cfg["aux_coef"] * sparsity, rec, sparsity, fired)
 
     @torch.no_grad()

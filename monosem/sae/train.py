@@ -22,7 +22,7 @@ from monosem.model import ModelSpec
 from monosem.paths import ModelPaths
 from monosem.sae.base import SAE, TrainState
 from monosem.sae.presets import PRESETS
-from monosem.sae.registry import make_sae
+from monosem.sae.registry import make_sae, sae_class
 from monosem.sae.saelens import load_sae, save_sae
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def init_sae(source: TokenSource, preset: str, gen: torch.Generator, seed: int =
     cfg = {**PRESETS[preset], **overrides}
     d_in = source.d
     d_sae = max(1, int(d_in * cfg["expansion"]))
-    arch_kwargs = {"k": cfg["k"]} if "k" in cfg else {}
+    arch_kwargs = {key: cfg[key] for key in sae_class(cfg["architecture"]).preset_keys if key in cfg}
     sae = make_sae(cfg["architecture"], d_in, d_sae, cfg["apply_b_dec_to_input"], seed, **arch_kwargs)
     if cfg["scale_inputs"] or cfg["b_dec_init"] or cfg["init"] == "tied":
         mean, mean_norm = source.mean_and_norm()
@@ -126,6 +126,7 @@ def init_sae(source: TokenSource, preset: str, gen: torch.Generator, seed: int =
                 sae.b_enc.zero_()
             if cfg["b_dec_init"] == "mean":
                 sae.b_dec.copy_(mean * scale)
+    sae.calibrate(source.rows(torch.arange(min(source.n, 4096))) * cfg.get("input_scale", 1.0))  # e.g. a BatchTopK threshold
     return sae, cfg
 
 

@@ -11,13 +11,14 @@ import torch
 from monosem.config import MonosemError
 from monosem.sae.base import SAE, TrainState
 from monosem.sae.jumprelu import JumpReLUSAE
-from monosem.sae.registry import ARCHITECTURES, make_sae, sae_class
+from monosem.sae.matryoshka import MatryoshkaBatchTopKSAE
+from monosem.sae.registry import ARCHITECTURES, make_sae, sae_class, sae_class_for_cfg
 from monosem.sae.standard import StandardSAE
 from monosem.sae.topk import TopKSAE
 
 ROOT = Path(__file__).resolve().parents[2]
 D_IN, D_SAE = 6, 10
-KWARGS = {"standard": {}, "topk": {"k": 3}, "jumprelu": {}}
+KWARGS = {"standard": {}, "topk": {"k": 3}, "jumprelu": {}, "matryoshka_batchtopk": {"k": 3, "matryoshka_widths": [2, 5, D_SAE]}}
 
 
 def build(arch: str, apply_b_dec: bool = False, seed: int = 0) -> SAE:
@@ -29,8 +30,8 @@ def build(arch: str, apply_b_dec: bool = False, seed: int = 0) -> SAE:
 
 
 def test_architectures_are_keyed_by_their_own_saelens_name():
-    assert set(ARCHITECTURES) == {"standard", "topk", "jumprelu"}
-    assert ARCHITECTURES == {"standard": StandardSAE, "topk": TopKSAE, "jumprelu": JumpReLUSAE}
+    assert set(ARCHITECTURES) == {"standard", "topk", "jumprelu", "matryoshka_batchtopk"}
+    assert ARCHITECTURES == {"standard": StandardSAE, "topk": TopKSAE, "jumprelu": JumpReLUSAE, "matryoshka_batchtopk": MatryoshkaBatchTopKSAE}
     for name, cls in ARCHITECTURES.items():
         assert cls.architecture == name and issubclass(cls, SAE)
         assert sae_class(name) is cls
@@ -75,8 +76,10 @@ def test_cfg_round_trip(arch, apply_b_dec):
     sae = build(arch, apply_b_dec)
     cfg = sae.to_cfg()
     assert cfg["architecture"] == arch and (cfg["d_in"], cfg["d_sae"], cfg["apply_b_dec_to_input"]) == (D_IN, D_SAE, apply_b_dec)
-    if arch == "topk":
+    if arch in ("topk", "matryoshka_batchtopk"):
         assert cfg["k"] == 3
+    if arch == "matryoshka_batchtopk":
+        assert cfg["matryoshka_widths"] == [2, 5, D_SAE]
     again = sae_class(cfg["architecture"]).from_cfg(cfg)
     assert type(again) is type(sae) and again.to_cfg() == cfg
     again.load_state_dict(sae.state_dict())
@@ -89,7 +92,7 @@ def test_tensor_shapes_match_the_parameters(arch):
     cls = ARCHITECTURES[arch]
     shapes = cls.tensor_shapes(D_IN, D_SAE)
     expected = {"W_enc": (D_IN, D_SAE), "b_enc": (D_SAE,), "W_dec": (D_SAE, D_IN), "b_dec": (D_IN,)}
-    if arch == "jumprelu":
+    if arch in ("jumprelu", "matryoshka_batchtopk"):
         expected["threshold"] = (D_SAE,)
     assert shapes == expected
     sae = build(arch)
@@ -133,7 +136,7 @@ def test_jumprelu_cannot_be_trained():
         sae.training_loss(torch.randn(4, D_IN), state)
 
 
-ARCH_SWITCH = re.compile(r"""(architecture\s*[!=]=|[!=]=\s*["'](standard|topk|jumprelu)["']|["'](standard|topk|jumprelu)["']\s*[!=]=)""")
+ARCH_SWITCH = re.compile(r"""(architecture\s*[!=]=|[!=]=\s*["'](standard|topk|jumprelu|matryoshka_batchtopk)["']|["'](standard|topk|jumprelu|matryoshka_batchtopk)["']\s*[!=]=)""")
 
 
 def test_no_architecture_switch_outside_monosem_sae():
@@ -150,4 +153,36 @@ def test_no_architecture_switch_outside_monosem_sae():
 def test_the_switch_pattern_finds_switches():
     assert ARCH_SWITCH.search('if cfg["architecture"] == "jumprelu":')
     assert ARCH_SWITCH.search("if preset == 'topk':")
+    assert ARCH_SWITCH.search('if arch != "matryoshka_batchtopk":')
     assert ARCH_SWITCH.search('arch = "standard" if x else y') is None
+
+
+def test_matryoshka_needs_valid_k_and_widths():
+    with pytest.raises(MonosemError, match="k"):
+        make_sae("matryoshka_batchtopk", D_IN, D_SAE, matryoshka_widths=[5, D_SAE])
+    with pytest.raises(MonosemError, match="strictly increasing"):
+        make_sae("matryoshka_batchtopk", D_IN, D_SAE, k=2, matryoshka_widths=[5, 5, D_SAE])
+    with pytest.raises(MonosemError, match="integer matryoshka_widths"):
+        sae_class("matryoshka_batchtopk").from_cfg({"d_in": D_IN, "d_sae": D_SAE, "k": 2})
+    sae = make_sae("matryoshka_batchtopk", D_IN, D_SAE, k=2, matryoshka_widths=[5])
+    assert isinstance(sae, MatryoshkaBatchTopKSAE) and sae.widths == (5, D_SAE), "the whole dictionary is the last level, as in SAELens"
+    assert not sae.threshold.requires_grad, "the threshold follows the kept activations, not the optimiser"
+
+
+def test_the_class_of_a_cfg_json_follows_its_training_architecture():
+    saved_as_jumprelu = {"architecture": "jumprelu", "metadata": {"training_architecture": "matryoshka_batchtopk"}}
+    assert sae_class_for_cfg(saved_as_jumprelu) is MatryoshkaBatchTopKSAE
+    assert sae_class_for_cfg({"architecture": "matryoshka_batchtopk"}) is MatryoshkaBatchTopKSAE  # a SAELens training checkpoint
+    # a training architecture this package does not know (plain BatchTopK) or that saves otherwise: the declared architecture
+    assert sae_class_for_cfg({"architecture": "jumprelu", "metadata": {"training_architecture": "batchtopk"}}) is JumpReLUSAE
+    assert sae_class_for_cfg({"architecture": "topk", "metadata": {"training_architecture": "matryoshka_batchtopk"}}) is TopKSAE
+    assert sae_class_for_cfg({"architecture": "standard", "metadata": None}) is StandardSAE
+
+
+def test_l0_checks_know_what_each_architecture_allows():
+    topk, mat = build("topk"), build("matryoshka_batchtopk")
+    assert topk.l0_problem(3.0) is None and topk.l0_problem(2.2) is None, "TopK may keep fewer than k (non-positive pre-activations)"
+    assert "at most k = 3" in (topk.l0_problem(3.5) or "")
+    assert mat.l0_problem(2.0) is None and mat.l0_problem(4.5) is None, "BatchTopK keeps k per token on average, not exactly"
+    assert mat.l0_problem(0.5) and mat.l0_problem(13.0)
+    assert build("standard").l0_problem(9.0) is None

@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from monosem.config import MonosemError
 from monosem.model import resolve_model
 from monosem.paths import model_paths
-from monosem.sae.saelens import hook_layer, import_saes, load_sae, sae_from_saelens, save_sae
+from monosem.sae.presets import PRESETS
+from monosem.sae.saelens import check_saelens_roundtrip, hook_layer, import_saes, load_sae, sae_from_saelens, save_sae
 from monosem.sae.standard import StandardSAE
 from monosem.sae.train import train_sae
 from monosem.testing import ROOT
@@ -116,16 +117,84 @@ def test_saved_sae_encodes_identically_in_saelens(tmp_path, sae_lens):
             torch.testing.assert_close(theirs.decode(theirs.encode(x)), sae(x)[0], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("preset", ["reference", "l1", "topk"])
+SAELENS_CLASS = {"reference": "StandardSAE", "l1": "StandardSAE", "topk": "TopKSAE", "matryoshka": "JumpReLUSAE"}  # BatchTopK: saved as JumpReLU
+
+
+@pytest.mark.parametrize("preset", sorted(SAELENS_CLASS))
 def test_every_preset_encodes_identically_in_saelens(tmp_path, preset, sae_lens, structured_data):
+    assert set(SAELENS_CLASS) == set(PRESETS), "every preset is checked here"
     x = structured_data(n=500) * 5.0
     sae, _, _ = train_sae(x, preset, steps=20, batch_size=64, seed=0, progress=False, **({} if preset == "reference" else {"expansion": 2}))
     save_sae(sae, tmp_path / preset, "m", 0)
     theirs = sae_lens.SAE.load_from_disk(str(tmp_path / preset), device="cpu")
-    assert type(theirs).__name__ == ("TopKSAE" if preset == "topk" else "StandardSAE")
+    assert type(theirs).__name__ == SAELENS_CLASS[preset]
     with torch.no_grad():
-        torch.testing.assert_close(theirs.encode(x), sae.encode(x), atol=1e-4, rtol=1e-5)
+        f = sae.encode(x)
+        assert 0 < (f > 0).float().mean() < 1, "the test needs some features on and some off"
+        torch.testing.assert_close(theirs.encode(x), f, atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(theirs.decode(theirs.encode(x)), sae(x)[0], atol=1e-4, rtol=1e-5)
+    ours, _ = load_sae(tmp_path / preset)
+    assert type(ours) is type(sae) and ours.to_cfg() == sae.to_cfg(), "our own folder loads back as the class that trained it"
+    assert check_saelens_roundtrip(tmp_path / preset, x).startswith(f"identical in SAELens {SAELENS_CLASS[preset]}")
+
+
+# -- Matryoshka BatchTopK: saved as SAELens saves it for inference (jumprelu + training metadata) ------------
+
+
+def saelens_matryoshka(d_in: int = 16, d_sae: int = 48, seed: int = 0, apply_b_dec: bool = True):
+    """A MatryoshkaBatchTopKTrainingSAE from SAELens, with random weights, decoder rows of uneven norm (its default
+    rescale_acts_by_decoder_norm folds them on export) and a nonzero topk_threshold."""
+    import sae_lens as sl
+
+    torch.manual_seed(seed)
+    cfg = sl.MatryoshkaBatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=4, matryoshka_widths=[6, 24, d_sae], apply_b_dec_to_input=apply_b_dec)
+    sae = sl.MatryoshkaBatchTopKTrainingSAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.5)
+        sae.b_enc.normal_(0, 0.2)
+        sae.W_dec.copy_(torch.randn(d_sae, d_in) * torch.rand(d_sae, 1) * 2)
+        sae.b_dec.normal_(0, 0.3)
+        sae.topk_threshold.fill_(0.4)
+    sae.cfg.metadata.hook_name = "blocks.2.hook_resid_post"
+    return sae
+
+
+@pytest.mark.parametrize("apply_b_dec", [False, True])
+def test_matryoshka_folders_written_by_saelens_load_with_identical_encodings(tmp_path, sae_lens, apply_b_dec):
+    from monosem.sae.matryoshka import MatryoshkaBatchTopKSAE
+
+    theirs = saelens_matryoshka(apply_b_dec=apply_b_dec)
+    theirs.save_inference_model(str(tmp_path / "inference"))  # what SAELens writes at the end of training
+    theirs.save_model(str(tmp_path / "checkpoint"))  # a training checkpoint: architecture matryoshka_batchtopk, scalar topk_threshold
+    reference = sae_lens.SAE.load_from_disk(str(tmp_path / "inference"), device="cpu")
+    assert type(reference).__name__ == "JumpReLUSAE"
+    x = torch.randn(200, 16) * 2
+    with torch.no_grad():
+        f_ref = reference.encode(x)
+        x_ref = reference.decode(f_ref)
+    assert 0 < (f_ref > 0).float().mean() < 0.5, "the threshold matters for this test"
+    for folder in ("inference", "checkpoint"):
+        ours, cfg = load_sae(tmp_path / folder)
+        assert isinstance(ours, MatryoshkaBatchTopKSAE) and ours.widths == (6, 24, 48) and ours.k == 4 and hook_layer(cfg) == 2, folder
+        with torch.no_grad():
+            torch.testing.assert_close(ours.encode(x), f_ref, atol=1e-5, rtol=1e-5, msg=lambda m, folder=folder: f"{folder}: {m}")
+            torch.testing.assert_close(ours.decode(ours.encode(x)), x_ref, atol=1e-5, rtol=1e-5)
+    converted, _ = sae_from_saelens(theirs)  # a training SAE object, as its inference folder holds it
+    torch.testing.assert_close(converted.encode(x), f_ref, atol=1e-5, rtol=1e-5)
+    # and back: our folder of it loads in SAELens as the same JumpReLU SAE, with SAELens's metadata
+    save_sae(converted, tmp_path / "ours", "m", 2)
+    cfg = json.loads((tmp_path / "ours" / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu" and cfg["metadata"]["training_architecture"] == "matryoshka_batchtopk"
+    assert cfg["metadata"]["training_architecture_details"]["matryoshka_widths"] == [6, 24, 48]
+    assert check_saelens_roundtrip(tmp_path / "ours", x).startswith("identical in SAELens JumpReLUSAE")
+
+
+def test_a_damaged_matryoshka_checkpoint_is_a_clear_error(tmp_path, sae_lens):
+    saelens_matryoshka().save_model(str(tmp_path / "c"))
+    w = load_file(tmp_path / "c" / "sae_weights.safetensors")
+    save_file({**w, "topk_threshold": torch.zeros(3, dtype=torch.float64)}, tmp_path / "c" / "sae_weights.safetensors")
+    with pytest.raises(MonosemError, match="scalar topk_threshold"):
+        load_sae(tmp_path / "c")
 
 
 # -- SAEs made by SAELens itself -------------------------------------------------------------------
