@@ -8,19 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from monosem.cache import ActivationCache
+from monosem.controls import random_control_caches
+from monosem.criterion import Criterion
+from monosem.model import ModelSpec
 from monosem.paths import ModelPaths
 from monosem.sae.base import SAE
 from monosem.sae.presets import PRESETS
 from monosem.sae.saelens import load_sae
-from monosem.sae.train import TokenSource, encode_all, untrained_sae
-from monosem.selectivity import layer_summary
-from monosem.stats import add_qvalues, feature_statistics
+from monosem.sae.train import TokenSource, encode_all, train_sae, untrained_sae
+from monosem.scorecard import SCORECARD_KEYS, scorecard_row, unit_table
 
 
 class Basis:
@@ -110,10 +114,10 @@ def standard_bases(mp: ModelPaths, presets: Sequence[str], train_caches: Sequenc
 
 @dataclass
 class Comparison:
-    """The statistics tables of every basis ({basis: {layer: table}}) and a long table of counts per layer and basis."""
+    """The unit table of every basis at every layer ({basis: {layer: table}}) and their scorecard, one row per basis and layer."""
 
     tables: dict[Basis, dict[int, pd.DataFrame]]
-    counts: pd.DataFrame
+    scorecard: pd.DataFrame  # columns: basis, layer, then monosem.scorecard.SCORECARD_KEYS
 
     def of(self, name: str) -> dict[int, pd.DataFrame]:
         """The tables of the basis called ``name``."""
@@ -124,26 +128,62 @@ class Comparison:
 
     def sae(self, preset: str) -> dict[int, pd.DataFrame]:
         """The tables of the trained SAEs of ``preset``."""
-        return next(t for b, t in self.tables.items() if isinstance(b, SAEBasis) and b.trained and b.preset == preset)
+        return self.tables[self._trained(preset)]
+
+    def sae_of(self, preset: str, layer: int) -> SAE:
+        """The trained SAE of ``preset`` at ``layer`` (the one the tables describe)."""
+        return self._trained(preset).sae(layer)
+
+    def _trained(self, preset: str) -> SAEBasis:
+        return next(b for b in self.tables if isinstance(b, SAEBasis) and b.trained and b.preset == preset)
+
+    def scorecard_json(self) -> dict[str, dict[str, dict[str, float]]]:
+        """{basis: {layer: {key: value}}} for summary.json."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for row in self.scorecard.to_dict(orient="records"):
+            out.setdefault(str(row["basis"]), {})[str(row["layer"])] = {k: row[k] for k in SCORECARD_KEYS}
+        return out
 
 
 def compare_bases(bases: Sequence[Basis], df: pd.DataFrame, cache: ActivationCache, layers: Sequence[int], pooling: str = "mean",
-                  threshold: float = 0.6, alpha: float = 0.05, seed: int = 0, progress: bool = True, **stat_kwargs) -> Comparison:
-    """The same selectivity statistics for every basis, on the same words; q-values over all layers of one basis."""
+                  threshold: float = 0.6, criterion: Criterion = Criterion(), n_boot: int = 1000, progress: bool = True) -> Comparison:
+    """The unit table (reference score and final label) and the scorecard of every basis at every layer, on the same words."""
     from tqdm.auto import tqdm
 
     tables: dict[Basis, dict[int, pd.DataFrame]] = {}
+    rows = []
     for basis in tqdm(bases, desc="statistics per basis", disable=not progress):
         tables[basis] = {}
         for L in layers:
             acts, live = basis.activations(cache, L, pooling)
-            tables[basis][L] = feature_statistics(acts, df, live, seed=seed, **stat_kwargs)
-        add_qvalues(tables[basis])
-    rows = []
-    for basis, by_layer in tables.items():
-        for L, t in by_layer.items():
-            s = layer_summary(t, threshold, alpha)
-            rows.append({"layer": L, "basis": basis.name, "n_units": s["n_features"], "n_live": s["n_features"] - s["n_dead"],
-                         "n_reference": s["n_monosemantic"], "n_significant": s["n_significant"], "fraction_significant": s["fraction_significant"],
-                         "heldout_agreement_significant": s["heldout_agreement_significant"]})
-    return Comparison(tables, pd.DataFrame(rows))
+            table, rate = unit_table(acts, df, live, criterion, n_boot)
+            tables[basis][L] = table
+            rows.append({"basis": basis.name, "layer": L, **scorecard_row(table, rate, acts, df, threshold, criterion)})
+    return Comparison(tables, pd.DataFrame(rows, columns=["basis", "layer", *SCORECARD_KEYS]))
+
+
+@dataclass(eq=False, repr=False)
+class OnCache(Basis):
+    """A basis read from another model's cache (the random-weight control), under its own name."""
+
+    name: str
+    inner: Basis
+    cache: ActivationCache
+
+    def activations(self, cache: ActivationCache, layer: int, pooling: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+        """The inner basis's activations on this basis's own cache (``cache`` is ignored)."""
+        return self.inner.activations(self.cache, layer, pooling)
+
+
+CONTROL_NAME = "random-weight model"
+
+
+def random_control_bases(data: Path, spec: ModelSpec, df: pd.DataFrame, layers: Sequence[int], background_texts: Sequence[str], preset: str,
+                         steps: int, batch_size: int, seed: int = 0, device: torch.device | str = "cpu", **overrides: Any) -> list[Basis]:
+    """The negative control's bases: the model's architecture with random weights (``monosem.controls``) through the
+    same extraction, an SAE of ``preset`` trained for ``steps`` x ``batch_size`` tokens, and its residual and MLP units."""
+    _, concepts, background = random_control_caches(data, spec, df, layers, background_texts, seed, device=device)
+    saes = {L: train_sae(TokenSource.from_caches([concepts, background], L), preset, steps, batch_size, seed, progress=False, device=device, **overrides)[0]
+            for L in layers}
+    return [OnCache(f"{CONTROL_NAME}: SAE ({preset})", SAEBasis(f"SAE ({preset})", saes.__getitem__, preset), concepts),
+            OnCache(f"{CONTROL_NAME}: residual ±", ResidualBasis(), concepts), OnCache(f"{CONTROL_NAME}: MLP neurons", MLPBasis(), concepts)]

@@ -23,9 +23,11 @@ import pandas as pd
 from monosem.bases import Comparison
 from monosem.cache import ActivationCache
 from monosem.config import MonosemError, RunConfig
+from monosem.criterion import Criterion
 from monosem.io import atomic_write_text, read_json, slugify, write_json
 from monosem.model import ModelSpec
 from monosem.paths import ModelPaths
+from monosem.reference_study import ReferenceResult
 from monosem.sae.saelens import load_sae
 from monosem.sae.train import TokenSource, sae_metrics
 from monosem.selectivity import layer_summary
@@ -49,17 +51,30 @@ def _read_record(cls: type[R], path: Path, spec: ModelSpec, notebook: str, fix: 
 
 @dataclass
 class SaeMetricsFile:
-    """``sae_metrics.json``: per preset and layer, the SAE's metrics on its training tokens and its downstream fidelity."""
+    """``sae_metrics.json``: per preset and layer, the SAE's metrics on held-out tokens, its downstream fidelity and
+    the evidence that training finished (``sae_metrics_entry``); it names the corpus the SAEs trained on."""
 
     model_asked: str
     model_used: str
-    steps: int
+    corpus: str
+    train_tokens: int  # per SAE
     batch_size: int
     seed: int
-    per_preset: dict[str, dict[str, dict[str, Any]]]  # preset -> str(layer) -> metrics
+    per_preset: dict[str, dict[str, dict[str, Any]]]  # preset -> str(layer) -> sae_metrics_entry
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "per_layer": self.per_preset.get("reference", {})}
+
+
+def sae_metrics_entry(training: dict[str, Any], fidelity: dict[str, Any]) -> dict[str, Any]:
+    """One preset and layer of ``sae_metrics.json`` from the SAE's ``training.json`` record and its fidelity check:
+    ``train_tokens``, ``corpus``, ``fve_heldout``, ``l0``, ``dead_fraction``, ``fidelity``, ``loss_change_last10pct``
+    (all measured on held-out tokens, except the loss change), the other metrics and the timing."""
+    m = training["metrics"]
+    return {"train_tokens": training["train_tokens"], "corpus": training["corpus"], "epochs": training["epochs"], "fve_heldout": m["fve"],
+            "mse_heldout": m["mse"], "l0": m["l0"], "dead_fraction": m["dead_fraction"], "dense_fraction": m["dense_fraction"], "n_dead": m["n_dead"],
+            "d_sae": m["d_sae"], "heldout_tokens": m["n_tokens"], **fidelity, "loss_change_last10pct": training["loss_change_last10pct"],
+            **{k: training[k] for k in TIMING_KEYS}}
 
 
 def write_sae_metrics(mp: ModelPaths, record: SaeMetricsFile) -> Path:
@@ -78,7 +93,7 @@ def read_sae_metrics(mp: ModelPaths, spec: ModelSpec) -> SaeMetricsFile | None:
 
 @dataclass
 class Summary:
-    """``summary.json``: the run's settings, per-layer counts of the analysed preset, every preset, the baselines."""
+    """``summary.json``: the run's settings, per-layer counts of the analysed preset, every preset, the scorecard of every basis."""
 
     model_asked: str
     model_used: str
@@ -92,9 +107,11 @@ class Summary:
     n_bootstrap: int
     n_splits: int
     seed: int
+    criterion: dict[str, Any]  # the final label's settings (monosem.criterion.Criterion.describe)
     per_layer: dict[str, dict[str, Any]]
     presets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    baselines: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    scorecard: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # basis -> layer -> SCORECARD_KEYS
+    reference_study: dict[str, Any] = field(default_factory=dict)  # the reference study as it ran (notebook 03)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -169,13 +186,18 @@ def collect_sae_metrics(mp: ModelPaths, spec: ModelSpec, presets: Sequence[str],
 
 
 def build_summary(cfg: RunConfig, spec: ModelSpec, layers: Sequence[int], presets: Sequence[str], comparison: Comparison,
-                  sae_metrics_by_preset: dict[str, dict[str, dict[str, Any]]]) -> Summary:
-    """The ``summary.json`` record of notebook 03: settings, the analysed preset per layer, every preset, the baselines."""
+                  sae_metrics_by_preset: dict[str, dict[str, dict[str, Any]]], criterion: Criterion,
+                  reference_study: dict[str, Any] | None = None) -> Summary:
+    """The ``summary.json`` record of notebook 03: settings, the analysed preset per layer, every preset, the scorecard."""
     presets_summary = {p: {str(L): {**metrics_without_timing(sae_metrics_by_preset[p][str(L)]),
-                                    **layer_summary(comparison.sae(p)[L], cfg.threshold, cfg.alpha)} for L in layers} for p in presets}
-    counts = comparison.counts
-    keys = ("n_units", "n_reference", "n_significant", "fraction_significant")
-    baselines = {str(L): {row["basis"]: {k: row[k] for k in keys} for row in pd.DataFrame(counts[counts["layer"] == L]).to_dict(orient="records")} for L in layers}
+                                    **layer_summary(comparison.sae(p)[L], cfg.threshold)} for L in layers} for p in presets}
     preset = presets[0] if cfg.sae_source else cfg.sae_preset
     return Summary(spec.asked, spec.used, spec.revision, list(layers), cfg.threshold, cfg.alpha, cfg.pooling, preset, cfg.n_permutations,
-                   cfg.n_bootstrap, cfg.n_splits, cfg.seed, presets_summary[preset], presets_summary, baselines)
+                   cfg.n_bootstrap, cfg.n_splits, cfg.seed, criterion.describe(), presets_summary[preset], presets_summary,
+                   comparison.scorecard_json(), reference_study or {})
+
+
+def reference_study_json(result: ReferenceResult) -> dict[str, Any]:
+    """The reference study's record for summary.json: its sentences, keyword rows found and lost, and summary lines."""
+    return {"sentences": list(result.sentences), "found": list(result.found), "lost": dict(result.lost), "threshold": result.threshold,
+            "lines": result.lines, "n_monosemantic": {str(L): int(r.summary["n_monosemantic"]) for L, r in result.layers.items()}}

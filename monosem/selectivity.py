@@ -62,41 +62,53 @@ def selectivity_table(feats: Tensor | np.ndarray, df: pd.DataFrame, live: np.nda
     return table
 
 
+def _score(table: pd.DataFrame) -> pd.Series:
+    """The reference score column: ``score_reference`` of a unit table, ``score`` of a ``selectivity_table``."""
+    return cast(pd.Series, table["score_reference"] if "score_reference" in table else table["score"])
+
+
 def monosemantic(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Rows of ``table`` whose score exceeds ``threshold``, best first."""
+    """Rows whose reference score exceeds ``threshold`` (the reference criterion), best first."""
     threshold = check_threshold(threshold)
-    return table.loc[table["score"] > threshold].sort_values("score", ascending=False)
+    score = _score(table).to_numpy()
+    above = np.flatnonzero(score > threshold)
+    return table.iloc[above[np.argsort(-score[above], kind="stable")]]
 
 
-def layer_summary(table: pd.DataFrame, threshold: float, alpha: float = 0.05) -> dict[str, Any]:
-    """The reference study's per-layer summary (count, indices, mean score over all and live features)
-    and, when the table has q-values, the significant count and indices (score > threshold and q < alpha)."""
+def layer_summary(table: pd.DataFrame, threshold: float) -> dict[str, Any]:
+    """The reference study's per-layer summary (units above the threshold, their indices, the mean score over all and
+    live units) and, for a unit table (``monosem.scorecard.unit_table``), the final label's counts."""
     mono = monosemantic(table, threshold)
     live = table["live"].to_numpy()
-    out = {
+    score = _score(table)
+    out: dict[str, Any] = {
         "n_features": int(len(table)),
         "n_monosemantic": int(len(mono)),
         "monosemantic_indices": sorted(int(i) for i in mono["feature"]),
-        "mean_selectivity": float(cast(float, table["score"].mean())),
-        "mean_selectivity_live": float(cast(float, table.loc[live, "score"].mean())) if live.any() else 0.0,
+        "mean_selectivity": float(cast(float, score.mean())),
+        "mean_selectivity_live": float(cast(float, score[live].mean())) if live.any() else 0.0,
         "n_dead": int((~live).sum()),
     }
-    if "q" in table:
-        sig = mono.loc[mono["q"] < alpha]
-        out.update(n_significant=int(len(sig)), significant_indices=sorted(int(i) for i in sig["feature"]),
-                   fraction_significant=len(sig) / max(1, len(table)), alpha=alpha,
-                   heldout_agreement_significant=float(cast(float, sig["heldout_agreement"].mean())) if len(sig) else None)
+    if "selective" in table:
+        selective = table.loc[table["selective"].to_numpy()]
+        out.update(n_selective=int(len(selective)), selective_indices=sorted(int(i) for i in selective["feature"]),
+                   n_selective_by_concept={str(c): int(n) for c, n in selective["top_category"].value_counts().sort_index().items()},
+                   n_control_top=int(np.sum(table["control_top"].to_numpy())),
+                   n_selective_category_frames=int(np.sum(table["selective_category_frames"].to_numpy())))
     return out
 
 
 def summary_line(layer: int, s: dict) -> str:
-    """'Layer 0: found N monosemantic features, indices [...], average selectivity ...' (the reference's shape)."""
+    """'Layer 0: found N monosemantic features, indices [...], average selectivity ...' (the reference's shape), then the
+    final label's count when the summary has it."""
     idx = s["monosemantic_indices"]
     shown = str(idx[:20])[:-1] + (", ...]" if len(idx) > 20 else "]")
     line = (f"Layer {layer}: found {s['n_monosemantic']} monosemantic features, indices {shown}, "
             f"average selectivity {s['mean_selectivity']:.3f} (live features: {s['mean_selectivity_live']:.3f}, dead: {s['n_dead']})")
-    if "n_significant" in s:
-        line += f"; {s['n_significant']} of them significant (q < {s['alpha']:g})"
+    if "n_selective" in s:
+        by_concept = ", ".join(f"{c} {n}" for c, n in s["n_selective_by_concept"].items()) or "none"
+        line += (f"; final label: {s['n_selective']} selective ({by_concept}), {s['n_control_top']} with a control category on top, "
+                 f"{s['n_selective_category_frames']} selective on the category frames")
     return line
 
 
@@ -111,21 +123,18 @@ def top_words(wm: pd.DataFrame, feature: int, k: int = 10) -> pd.Series:
     return cast(pd.Series, wm[feature]).sort_values(ascending=False).head(k)
 
 
-def top_features(table: pd.DataFrame, k: int = 8, alpha: float = 0.05, concepts: Sequence[str] = CONCEPTS) -> list[int]:
-    """The ``k`` live features with the highest selectivity score, significant ones (q < alpha) first when
-    the table has q-values (ties: higher mean activation first)."""
-    t = table[table["live"]].assign(_act=table[[f"mean_{c}" for c in concepts]].max(axis=1))
-    t = t.assign(_sig=t["q"] < alpha) if "q" in t else t.assign(_sig=True)
-    return t.sort_values(["_sig", "score", "_act"], ascending=False).head(k)["feature"].astype(int).tolist()
+def top_features(table: pd.DataFrame, k: int = 8, concepts: Sequence[str] = CONCEPTS) -> list[int]:
+    """The ``k`` features to show for a layer, ranked by effect size: selective ones first (by held-out AUROC), then
+    by reference score (ties: higher mean activation first); dead features never."""
+    live = table.loc[table["live"].to_numpy()]
+    act_cols = [f"mean_{c}" for c in concepts if f"mean_{c}" in live]
+    order = live.assign(_sel=live["selective"] if "selective" in live else False,
+                        _effect=live["auroc_heldout"].fillna(0) if "auroc_heldout" in live else 0.0,
+                        _score=_score(live), _act=live[act_cols].max(axis=1))
+    return order.sort_values(["_sel", "_effect", "_score", "_act"], ascending=False).head(k)["feature"].astype(int).tolist()
 
 
 def reference_pick(feats: Tensor | np.ndarray, k: int = 8) -> list[int]:
     """The reference study's pick: the ``k`` features with the highest variance across examples."""
     var = np.asarray(feats, dtype=np.float64).var(0)
     return np.argsort(-var, kind="stable")[:k].tolist()
-
-
-def significant(table: pd.DataFrame, threshold: float, alpha: float = 0.05) -> pd.DataFrame:
-    """Rows whose score exceeds ``threshold`` *and* whose q-value is below ``alpha``, best first."""
-    mono = monosemantic(table, threshold)
-    return mono.loc[mono["q"] < alpha]

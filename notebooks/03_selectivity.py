@@ -14,120 +14,199 @@
 # %% [markdown]
 # # 03 · Which features are selective for one concept, and is it real?
 #
-# For every SAE feature, the mean activation over the word-level examples of each concept (numbers,
-# emotions, actions, colors) gives the reference study's score `max concept mean / sum of concept means`
-# (0 when the sum is 0). The reference study called a feature monosemantic when the score exceeds the
-# threshold (default 0.6). Here a feature is called monosemantic only when, in addition, a permutation test
-# (concept labels shuffled across *words*) gives a Benjamini–Hochberg q-value below α. Beside the score:
-# the class-selectivity index, one-vs-rest AUROC against all other words (control categories included), a
-# bootstrap CI over words, and held-out-word agreement. The same analysis runs on the other SAE presets and
-# on three baselines (the residual stream, the MLP neurons, an untrained SAE).
+# Two criteria, named the same way everywhere:
+#
+# * **the reference criterion** — the reference study's score per feature, `max concept mean / sum of
+#   concept means` over the 4 concepts (numbers, emotions, actions, colors) on all sentences; a feature
+#   is "monosemantic" when `score_reference` exceeds the threshold (default 0.6). Controls play no part.
+# * **the final label `selective`** — on the *neutral* frames only (every neutral frame is used by all 8
+#   categories, so no frame can carry a category), a unit's top category among all 8 (controls included)
+#   must be a concept, and in at least 90% of 20 random halvings of each category's words the top category
+#   chosen on one half must be the top again on the other half with a one-sided Mann–Whitney p < α there.
+#
+# The same analysis runs on every SAE preset and on baselines (the residual stream, the MLP neurons,
+# untrained SAEs) and, as a negative control, on the model's architecture with random weights. A
+# scorecard compares them; then the causal effect of the top selective features, and the reference
+# study as it ran.
 #
 # **Previous:** [02 · Train SAEs](02_train_sae.ipynb) · **Next:** [04 · Word-level exploration](04_word_level_exploration.ipynb)
 
 # %%
-import pandas as pd
-
 import helpers as h
+import pandas as pd
 
 # %% tags=["parameters"]
 OVERRIDES: dict = {}  # e.g. {"threshold": 0.8}; anything not set here comes from MONOSEM_* variables or the defaults
 cfg = h.RunConfig.from_env(**OVERRIDES)
-pd.DataFrame(cfg.settings("model", "layers", "threshold", "alpha", "pooling", "sae_preset", "sae_presets", "n_permutations", "n_bootstrap",
-                          "n_splits", "seed", "sae_source"))
+pd.DataFrame(cfg.settings("model", "layers", "threshold", "alpha", "min_replication", "n_splits", "pooling", "sae_preset", "sae_presets",
+                          "n_bootstrap", "n_permutations", "random_control", "control_steps", "top_k", "seed", "sae_source"))
 
 # %% [markdown]
 # ## Inputs and statistics
 # Activations from notebook 01, SAEs from notebook 02 (or, with `MONOSEM_SAE_SOURCE`, SAEs made elsewhere, whose
-# hook names decide the layers). Every basis (each SAE preset and the baselines) gets the same statistics on the
-# same words; q-values are computed over all units and layers of one basis.
+# hook names decide the layers). Every basis gets the same unit table on the same words; the progress bar counts bases.
 
 # %%
 run = h.open_run(cfg)
 h.show_model_banner(run.spec)
+device = h.pick_device(cfg.device)
 layers, presets, preset = h.analysed_saes(run)
+criterion = h.Criterion.from_config(cfg)
 bases = h.standard_bases(run.paths, presets, run.caches, cfg.seed)
-comparison = h.compare_bases(bases, run.df, run.concepts, layers, cfg.pooling, cfg.threshold, cfg.alpha, cfg.seed,
-                             n_perm=cfg.n_permutations, n_boot=cfg.n_bootstrap, n_splits=cfg.n_splits)
+if cfg.random_control:
+    bases += h.random_control_bases(cfg.data_path, run.spec, run.df, layers, run.background.texts(), preset if preset in h.PRESETS else "reference",
+                                    cfg.control_steps, 256, cfg.seed, device, **h.preset_overrides(preset if preset in h.PRESETS else "reference",
+                                                                                                       cfg.sae_expansion, cfg.sae_k))
+comparison = h.compare_bases(bases, run.df, run.concepts, layers, cfg.pooling, cfg.threshold, criterion, cfg.n_bootstrap)
 tables = comparison.sae(preset)
 for L in layers:
-    assert tables[L]["score"].between(0, 1).all() and tables[L]["p"].between(0, 1).all(), f"layer {L}: scores and p-values must lie in [0, 1]"
-    print(f"layer {L}: {len(tables[L])} {preset} features scored on {len(run.df)} word-level examples ({cfg.pooling} pooling)")
+    t = tables[L]
+    assert t["score_reference"].between(0, 1).all() and t["replication"].between(0, 1).all(), f"layer {L}: scores and replication must lie in [0, 1]"
+    means = t[[f"mean_{c}" for c in h.CATEGORIES]].to_numpy()
+    top = means.argmax(1)
+    assert (top[t["selective"].to_numpy()] < len(h.CONCEPTS)).all(), f"layer {L}: a selective unit has a control category on top; the criterion is broken"
+    print(f"layer {L}: {len(t)} {preset} features scored on {run.df.word.nunique()} words ({cfg.pooling} pooling)")
 
 # %% [markdown]
-# ## Figure 1: the distribution of selectivity scores
+# ## Figure 1: the distribution of the reference score
 # With four concepts a feature that fires equally on all of them scores 0.25. Grey: all features; red: those
-# with q < α. The dashed line is the threshold.
+# with the final label. The dashed line is the threshold: the two criteria disagree wherever grey sits right of
+# it (above threshold but not selective) or red sits left of it.
 
 # %%
-fig1 = h.fig_selectivity(tables, cfg.threshold, f"{run.spec.used} ({preset} SAE)", cfg.alpha)
+fig1 = h.fig_selectivity(tables, cfg.threshold, f"{run.spec.used} ({preset} SAE)")
 h.save_figure(run.paths, fig1, "03_figure1_selectivity", cfg.save_figures)
 fig1.show()
 
 # %% [markdown]
-# ## The monosemantic features per layer
-# The reference count (score > threshold) against the significant count (and q < α); below, the best
-# significant features with their statistics. A feature that fires on a single word can reach a high score
-# by chance; the permutation test over words catches that.
+# ## Per layer: the reference criterion and the final label
+# The reference's summary line, then the final label's counts; below, the top selective features with their statistics,
+# ranked by held-out AUROC (the effect size on words never used to pick them).
 
 # %%
-summaries = {L: h.layer_summary(tables[L], cfg.threshold, cfg.alpha) for L in layers}
+summaries = {L: h.layer_summary(tables[L], cfg.threshold) for L in layers}
 for L in layers:
     print(h.summary_line(L, summaries[L]))
-cols = ["feature", "score", "top_concept", "selectivity_index", "auroc", "p", "q", "ci_low", "ci_high", "heldout_agreement"]
-sig = pd.concat({L: h.significant(tables[L], cfg.threshold, cfg.alpha)[cols].head(8) for L in layers}, names=["layer"])
-sig.style.format(precision=3).set_caption(f"{run.spec.used}: significantly monosemantic {preset} features (score > {cfg.threshold}, q < {cfg.alpha})")
+cols = ["feature", "score_reference", "ci_low", "ci_high", "top_category", "replication", "auroc_heldout", "n_active_words", "selective_category_frames"]
+best = pd.concat({L: tables[L].set_index("feature").loc[h.top_features(tables[L].loc[tables[L]["selective"]], cfg.top_k)].reset_index()[cols]
+                  for L in layers}, names=["layer", "rank"])
+best.style.format(precision=3).set_caption(f"{run.spec.used}: selective {preset} features (final label), best first")
 
 # %% [markdown]
-# ## Figure 3: mean activation per concept
-# For up to 8 monosemantic features per layer (significant first, highest score first): a selective feature has one tall bar.
+# ## Figure 3: mean activation per category
+# For the top features of each layer (selective first): a concept feature has one tall coloured bar and short grey ones.
 
 # %%
-shown = {L: h.top_features(h.monosemantic(tables[L], cfg.threshold), cfg.top_k, cfg.alpha) for L in layers}
+shown = {L: h.top_features(tables[L], cfg.top_k) for L in layers}
 fig3 = h.fig_concept_means(tables, shown, f"{run.spec.used} ({preset} SAE)")
 h.save_figure(run.paths, fig3, "03_figure3_concept_means", cfg.save_figures)
 fig3.show()
 
 # %% [markdown]
 # ## Explorer
-# Move `layer` and `threshold`: the histograms, both counts (reference and significant) and the list update in place; all values are precomputed.
+# Move `layer` and `threshold`: the histogram, both counts (reference criterion and final label) and the list update in place.
 
 # %%
-explorer = h.SelectivityExplorer(tables, f"{run.spec.used} ({preset} SAE)", cfg.threshold, cfg.alpha)
+explorer = h.SelectivityExplorer(tables, f"{run.spec.used} ({preset} SAE)", cfg.threshold)
 explorer.widget
 
 # %% [markdown]
-# ## Is it real?
-# Are SAE features more monosemantic than the model's own units? The same test on: each trained SAE preset;
-# the residual stream (each dimension split into its positive and negative part, so every unit is
-# non-negative); the MLP neurons of block L (post-activation, GELU's small negative part clipped); and an
-# untrained SAE of each preset (its initialisation, never trained). The bar is the fraction of units that are
-# significantly monosemantic; `n_reference` is what the reference criterion alone would have counted.
+# ## Is it real? The scorecard
+# One row per basis and layer. `fraction_selective_active` divides by the units active on at least 5 words, so bases of
+# any width compare; `replication_rate` is the share of (split, unit) discoveries that the held-out half confirms;
+# `pure_units` counts units with ≥ 90% of their activation mass in one category (beside it what shuffled labels give);
+# `probe_k1_auroc` / `probe_k5_auroc` are SAEBench-style k-sparse probes on held-out words, controls as negatives.
 
 # %%
-counts = comparison.counts
-display(counts.pivot(index="basis", columns="layer", values="fraction_significant").style.format("{:.1%}")
-        .set_caption(f"{run.spec.used}: fraction of units significantly monosemantic (score > {cfg.threshold}, q < {cfg.alpha})"))
-fig_bases = h.fig_bases(counts, run.spec.used, cfg.threshold, cfg.alpha)
-h.save_figure(run.paths, fig_bases, "03_is_it_real", cfg.save_figures)
-fig_bases.show()
-counts.style.format(precision=3).set_caption(f"{run.spec.used}: counts per layer and basis")
+scorecard = comparison.scorecard
+display(scorecard.pivot(index="basis", columns="layer", values="fraction_selective_active").style.format("{:.1%}")
+        .set_caption(f"{run.spec.used}: selective units / active units (final label)"))
+fig_card = h.fig_scorecard(scorecard, run.spec.used)
+h.save_figure(run.paths, fig_card, "03_scorecard", cfg.save_figures)
+fig_card.show()
+scorecard.style.format(precision=3).set_caption(f"{run.spec.used}: scorecard per basis and layer")
+
+# %% [markdown]
+# ## The negative control
+# A network that never learned a concept cannot have concept features. The model's architecture with random weights
+# went through the same extraction, SAE training (a reduced budget) and criterion; its share of selective units
+# should sit at the false-positive level (at most α of its active units).
+
+# %%
+control = scorecard[scorecard["basis"].str.startswith(h.CONTROL_NAME)]
+if len(control):
+    worst = control.loc[control["fraction_selective_active"].idxmax()]
+    at_chance = bool(worst["fraction_selective_active"] <= cfg.alpha)
+    print(f"random-weight control: at most {worst['fraction_selective_active']:.1%} of active units selective ({worst['basis']}, layer {worst['layer']}); "
+          + ("at the false-positive level: the criterion does not pass a network that learned nothing."
+             if at_chance else f"ABOVE the false-positive level (alpha = {cfg.alpha:g}): part of what the criterion passes is token identity or "
+             "morphology that even a random network carries, not a learned concept."))
+else:
+    print("the random-weight control is off (MONOSEM_RANDOM_CONTROL=0)")
+
+# %% [markdown]
+# ## Causal effect of the top selective features
+# Each feature's decoder contribution is removed at its layer, and the change of the model's output (KL of the
+# next-token distribution for a causal LM, 1 - cosine of the final hidden state for an encoder) is compared between
+# its concept's words and all other words, with a permutation test over words. One neutral-frame sentence per word.
+
+# %%
+model, tokenizer = h.load_model(run.spec, device)
+neutral = run.df[h.frame_rows(run.df, "neutral")].drop_duplicates("word").reset_index(drop=True)  # one neutral sentence per word
+causal_rows = []
+for L in layers:
+    t = tables[L]
+    features = h.top_features(t.loc[t["selective"]], cfg.top_k)
+    if not features:
+        continue
+    sae = comparison.sae_of(preset, L)
+    change = h.ablation_output_change(model, tokenizer, sae, L, neutral["sentence"].tolist(), features)
+    effects = h.causal_effects(change, neutral, t.set_index("feature").loc[features, "top_category"].to_numpy(), n_perm=cfg.n_permutations,
+                               seed=cfg.seed, features=features)
+    h.set_causal_columns(t, effects)
+    causal_rows.append(effects.assign(layer=L))
+causal = pd.concat(causal_rows) if causal_rows else pd.DataFrame(columns=["layer", "feature", "causal_effect", "causal_p"])
+causal.style.format(precision=4).set_caption(f"{run.spec.used}: causal effect of the top selective {preset} features (neutral frames)")
+
+# %% [markdown]
+# ## The reference study as it ran
+# Its 12 sentences (a reconstruction matching every reported fact), its sentence mean over all positions without
+# BOS, its SAE (d/2, L1 0.1, 10 Adam steps on the 12 means), its summary lines, and its keyword heatmap rows. Its
+# keyword matching used `text.split()`, which keeps the full stop on the last word of a sentence: the rows it loses are named.
+
+# %%
+reference = h.reference_run(model, tokenizer, layers, cfg.seed)
+for line in reference.lines:
+    print(line)
+print(f"heatmap rows found by text.split(): {list(reference.found)}")
+print("rows lost to punctuation: " + ", ".join(f"{k} (the token was {v!r})" for k, v in reference.lost.items()))
+for L in layers:
+    s = summaries[L]
+    print(f"same model, layer {L}, crossed frames and controls: {s['n_selective']} selective {preset} features (final label), "
+          f"{s['n_monosemantic']} above the reference threshold")
+reference.layers[layers[0]].heatmap.style.format(precision=3).set_caption(
+    f"{run.spec.used}, layer {layers[0]}: the reference heatmap (rows that text.split() finds x its top features)")
 
 # %% [markdown]
 # ## Results
-# `summary.json` gathers, per layer, the counts and averages above (for the analysed preset), the SAE metrics of
-# every preset from notebook 02 with their counts, and the baseline fractions; `<preset>/selectivity_layer_<L>.csv`
-# has one row per feature of each preset's SAE.
+# `summary.json` gathers the settings, per layer the counts above for the analysed preset, every preset's SAE metrics
+# and counts, the scorecard of every basis, and the reference study's lines; `<preset>/selectivity_layer_<L>.csv` has
+# one row per feature of each preset's SAE.
 
 # %%
 sae_metrics = h.collect_sae_metrics(run.paths, run.spec, presets, layers, run.caches)
-summary = h.build_summary(cfg, run.spec, layers, presets, comparison, sae_metrics)
+summary = h.build_summary(cfg, run.spec, layers, presets, comparison, sae_metrics, criterion, h.reference_study_json(reference))
 path = h.write_summary(run.paths, summary)
 for p in presets:
     h.write_selectivity_tables(run.paths, p, comparison.sae(p))
 print(f"wrote {path} and the per-feature CSVs in {run.paths.results}")
-for L in layers:
-    print(h.summary_line(L, summaries[L]))
+
+# %% [markdown]
+# ## What we found
+
+# %%
+for sentence in h.findings(summary):
+    print(sentence)
 
 # %% [markdown]
 # **Next:** [04 · Word-level exploration](04_word_level_exploration.ipynb)

@@ -15,7 +15,7 @@
 # # 04 · Word-level exploration
 #
 # Which words do the most selective features fire on? Figure 2 is a heatmap of the top 8 features
-# (significant first, then by selectivity score) × words, per layer. Beside it, the reference study's own pick
+# (selective first, by held-out AUROC; then by reference score) × words, per layer. Beside it, the reference study's own pick
 # (the features with the highest variance across examples) shows what went wrong there: its top features
 # fired most on the same word in every layer. Then the top activating words per feature, with values, and an
 # explorer with a `layer` slider and a `feature` selector.
@@ -48,7 +48,7 @@ tables = h.read_selectivity_tables(run.paths, preset, layers)
 basis = h.trained_sae_basis(run.paths, preset)
 feats = {L: basis.activations(run.concepts, L, cfg.pooling)[0] for L in layers}
 wms = {L: h.word_means(feats[L], run.df) for L in layers}
-top = {L: h.top_features(tables[L], cfg.top_k, cfg.alpha) for L in layers}
+top = {L: h.top_features(tables[L], cfg.top_k) for L in layers}
 print({L: top[L] for L in layers})
 
 # %% [markdown]
@@ -76,8 +76,8 @@ rows = []
 for L in layers:
     for f in h.reference_pick(feats[L], cfg.top_k):
         best = h.top_words(wms[L], f, 1)
-        rows.append({"layer": L, "feature": f, "top word": best.index[0], "activation": best.iloc[0], "score": tables[L].loc[f, "score"],
-                     "q": tables[L].loc[f, "q"]})
+        rows.append({"layer": L, "feature": f, "top word": best.index[0], "activation": best.iloc[0], "score_reference": tables[L].loc[f, "score_reference"],
+                     "selective": tables[L].loc[f, "selective"], "top category (8)": tables[L].loc[f, "top_category"]})
 ref = pd.DataFrame(rows)
 display(ref.groupby("layer")["top word"].agg(lambda s: s.value_counts().head(3).to_dict()).rename("most frequent top words"))
 for L in layers:
@@ -98,8 +98,8 @@ concept_of = run.df.drop_duplicates("word").set_index("word")["concept"]
 for L in layers:
     for f in top[L]:
         words = h.top_words(wms[L], f, 5)
-        rows.append({"layer": L, "feature": f, "score": round(tables[L].loc[f, "score"], 3), "q": tables[L].loc[f, "q"],
-                     "top concept": tables[L].loc[f, "top_concept"],
+        rows.append({"layer": L, "feature": f, "score_reference": round(tables[L].loc[f, "score_reference"], 3), "selective": tables[L].loc[f, "selective"],
+                     "replication": tables[L].loc[f, "replication"], "top category (8)": tables[L].loc[f, "top_category"],
                      "top words": ", ".join(f"{w} ({concept_of[w]}, {v:.2f})" for w, v in words.items())})
 pd.DataFrame(rows).style.format(precision=3).set_caption(f"{run.spec.used}: top words of the {cfg.top_k} most selective {preset} features per layer")
 
@@ -136,11 +136,11 @@ print(f"exported {len(exported)} feature files to {run.paths.features}")
 
 # %% [markdown]
 # ## Summary
-# The reference study's summary, per layer, for the threshold of notebook 03, with the significant count.
+# The reference study's summary line, per layer, for the threshold of notebook 03, with the final label's counts.
 
 # %%
 for L in layers:
-    print(h.summary_line(L, h.layer_summary(tables[L], cfg.threshold, cfg.alpha)))
+    print(h.summary_line(L, h.layer_summary(tables[L], cfg.threshold)))
 print(f"figures (with MONOSEM_SAVE_FIGURES=1): {run.paths.figures}")
 
 # %% [markdown]

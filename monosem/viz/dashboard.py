@@ -115,7 +115,8 @@ def fig_dashboard(data: dict):
     return fig
 
 
-STAT_COLUMNS = ("score", "top_concept", "selectivity_index", "auroc", "p", "q", "ci_low", "ci_high", "heldout_agreement")
+STAT_COLUMNS = ("score_reference", "ci_low", "ci_high", "top_category", "selective", "replication", "auroc_heldout", "n_active_words",
+                "selective_category_frames", "causal_effect", "causal_p")
 
 
 def build_dashboards(model_name: str, features: dict[int, list[int]], saes: dict[int, SAE], sources_by_layer: dict[int, list[tuple[str, ActivationCache, Sequence[str]]]],

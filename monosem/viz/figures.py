@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from monosem.dataset import CONCEPTS
+from monosem.dataset import CATEGORIES
 from monosem.selectivity import check_threshold
 
 
@@ -40,38 +40,47 @@ def selectivity_hist_data(scores: np.ndarray, threshold: float, bins: int = 20) 
     return {"x": ((edges[:-1] + edges[1:]) / 2).tolist(), "y": counts.tolist(), "width": 1 / bins, "n_above": int((np.asarray(scores) > threshold).sum())}
 
 
-def fig_selectivity(tables: dict[int, pd.DataFrame], threshold: float, model_name: str, alpha: float = 0.05):
-    """Figure 1: distribution of selectivity scores per layer with the threshold line (significant units overlaid)."""
+def fig_selectivity(tables: dict[int, pd.DataFrame], threshold: float, model_name: str):
+    """Figure 1: distribution of the reference score per layer with the threshold line, selective units (final label) overlaid."""
     from plotly.subplots import make_subplots
 
     layers = list(tables)
-    fig = make_subplots(rows=1, cols=len(layers), subplot_titles=[f"layer {L}" for L in layers], shared_yaxes=True)
+    fig = make_subplots(rows=1, cols=len(layers), subplot_titles=[f"layer {L}" for L in layers], shared_yaxes=True, horizontal_spacing=0.03)
     for j, L in enumerate(layers, start=1):
-        d = selectivity_hist_data(tables[L]["score"].to_numpy(), threshold)
+        t = tables[L]
+        d = selectivity_hist_data(t["score_reference"].to_numpy(), threshold)
         fig.add_bar(x=d["x"], y=d["y"], width=d["width"], name="all features", marker_color="#9ab", showlegend=j == 1, legendgroup="all", row=1, col=j)
-        if "q" in tables[L]:
-            ds = selectivity_hist_data(tables[L].loc[tables[L]["q"] < alpha, "score"].to_numpy(), threshold)
-            fig.add_bar(x=ds["x"], y=ds["y"], width=ds["width"], name=f"q < {alpha:g}", marker_color="#c33", showlegend=j == 1, legendgroup="sig", row=1, col=j)
+        ds = selectivity_hist_data(t.loc[t["selective"].to_numpy(), "score_reference"].to_numpy(), threshold)
+        fig.add_bar(x=ds["x"], y=ds["y"], width=ds["width"], name="selective (final label)", marker_color="#c33", showlegend=j == 1, legendgroup="sel",
+                    row=1, col=j)
         fig.add_vline(x=threshold, line_dash="dash", line_color="black", row=1, col=j)  # pyright: ignore[reportArgumentType]
-        fig.update_xaxes(title_text="score (max/sum of concept means)", range=[0, 1], row=1, col=j)
+        fig.update_xaxes(range=[0, 1], row=1, col=j)
     fig.update_yaxes(title_text="number of features", row=1, col=1)
-    fig.update_layout(barmode="overlay", title=f"Figure 1 - {model_name}: SAE feature selectivity per layer (threshold {threshold:g})")
+    fig.update_layout(barmode="overlay", title=f"Figure 1 - {model_name}: reference score per layer (dashed: threshold {threshold:g})",
+                      legend=dict(orientation="h", y=-0.2))
+    fig.add_annotation(text="reference score = max / sum of the 4 concept means", x=0.5, y=-0.12, xref="paper", yref="paper", showarrow=False)
     return fig
 
 
+CATEGORY_COLORS = dict(zip(CATEGORIES, ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#c7c7c7", "#a5a5a5", "#8c8c8c", "#6b6b6b")))
+
+
 def fig_concept_means(tables: dict[int, pd.DataFrame], features: dict[int, list[int]], model_name: str):
-    """Figure 3: mean activation per concept for the chosen features of each layer (grouped bars)."""
+    """Figure 3: mean activation per category (4 concepts in colour, 4 controls in grey) of the chosen features of each layer."""
     from plotly.subplots import make_subplots
 
     layers = list(tables)
     fig = make_subplots(rows=len(layers), cols=1, subplot_titles=[f"layer {L}" for L in layers])
-    colors = dict(zip(CONCEPTS, ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e")))
     for i, L in enumerate(layers, start=1):
         t = tables[L].set_index("feature").loc[features[L]] if features[L] else tables[L].iloc[:0].set_index("feature")
-        for c in CONCEPTS:
-            fig.add_bar(x=[f"f{f}" for f in t.index], y=t[f"mean_{c}"], name=c, marker_color=colors[c], legendgroup=c, showlegend=i == 1, row=i, col=1)
+        for c in CATEGORIES:
+            fig.add_bar(x=[f"f{f}" for f in t.index], y=t[f"mean_{c}"], name=c, marker_color=CATEGORY_COLORS[c], legendgroup=c, showlegend=i == 1, row=i, col=1)
+        if not len(t):
+            fig.add_annotation(text="no feature to show", xref=f"x{i if i > 1 else ''} domain", yref=f"y{i if i > 1 else ''} domain", x=0.5, y=0.5,
+                               showarrow=False)
         fig.update_yaxes(title_text="mean activation", row=i, col=1)
-    fig.update_layout(barmode="group", height=260 * len(layers), title=f"Figure 3 - {model_name}: mean activation per concept of the selected features")
+    fig.update_layout(barmode="group", height=260 * len(layers),
+                      title=f"Figure 3 - {model_name}: mean activation per category (neutral frames) of the top features")
     return fig
 
 
@@ -86,22 +95,31 @@ def fig_word_heatmap(wm: pd.DataFrame, features: list[int], words: list[str], mo
 
 
 def fig_preset_comparison(metrics: pd.DataFrame, model_name: str):
-    """Sparsity (L0) vs. reconstruction (FVE) per preset and layer; ``metrics`` has columns preset, layer, l0, fve."""
+    """Sparsity (L0) vs. reconstruction (FVE) on held-out tokens per preset and layer; ``metrics`` has columns preset, layer, l0, fve_heldout."""
     import plotly.express as px
 
-    fig = px.scatter(metrics, x="l0", y="fve", color="preset", symbol="preset", text="layer", log_x=True,
-                     labels={"l0": "L0: active features per token (log scale)", "fve": "fraction of variance explained"})
+    fig = px.scatter(metrics, x="l0", y="fve_heldout", color="preset", symbol="preset", text="layer", log_x=True,
+                     labels={"l0": "L0: active features per token (log scale)", "fve_heldout": "fraction of variance explained (held-out tokens)"})
     fig.update_traces(textposition="top center", marker_size=11)
     fig.update_layout(title=f"{model_name}: SAE presets, sparsity vs. reconstruction (labels: layer)")
     return fig
 
 
-def fig_bases(counts: pd.DataFrame, model_name: str, threshold: float, alpha: float):
-    """'Is it real?': fraction of units significantly monosemantic per basis and layer (grouped bars)."""
-    import plotly.express as px
+def fig_scorecard(scorecard: pd.DataFrame, model_name: str):
+    """'Is it real?': per basis and layer, the fraction of active units that are selective and the k=5 sparse-probe AUROC."""
+    from plotly.subplots import make_subplots
 
-    fig = px.bar(counts, x="layer", y="fraction_significant", color="basis", barmode="group",
-                 labels={"fraction_significant": f"fraction of units with score > {threshold:g} and q < {alpha:g}", "layer": "layer"})
-    fig.update_layout(title=f"{model_name}: are SAE features more monosemantic than the model's own units?", yaxis_tickformat=".1%")
-    fig.update_xaxes(type="category")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["selective units / active units (final label)", "5-sparse probe AUROC on held-out words"],
+                        horizontal_spacing=0.08)
+    for i, (basis, rows) in enumerate(scorecard.groupby("basis", sort=False)):
+        layers = [str(L) for L in rows["layer"]]
+        fig.add_bar(x=layers, y=rows["fraction_selective_active"], name=str(basis), legendgroup=str(basis), marker_color=f"hsl({(i * 47) % 360}, 55%, 50%)",
+                    row=1, col=1)
+        fig.add_bar(x=layers, y=rows["probe_k5_auroc"], name=str(basis), legendgroup=str(basis), showlegend=False,
+                    marker_color=f"hsl({(i * 47) % 360}, 55%, 50%)", row=1, col=2)
+    fig.update_xaxes(title_text="layer", type="category")
+    fig.update_yaxes(tickformat=".1%", row=1, col=1)
+    fig.update_yaxes(range=[0.5, 1], row=1, col=2)
+    fig.update_layout(barmode="group", height=420, title=f"{model_name}: are SAE features more concept-selective than the model's own units?",
+                      legend=dict(orientation="h", y=-0.25))
     return fig

@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 from typing import Any, cast
 
-import numpy as np
 import pandas as pd
 
 from monosem.config import MonosemError
@@ -13,32 +12,33 @@ from monosem.selectivity import check_threshold, monosemantic, top_words
 from monosem.viz.figures import selectivity_hist_data
 
 
-def explorer_view(tables: dict[int, pd.DataFrame], layer: int, threshold: float, alpha: float = 0.05, max_listed: int = 30) -> dict[str, Any]:
-    """Pure: what the selectivity explorer shows for ``layer`` and ``threshold``: stacked histograms of the
-    features at or below the threshold, above it, and above it with q < alpha; the reference count
-    (score > threshold), the significant count (and q < alpha), and the list."""
+def explorer_view(tables: dict[int, pd.DataFrame], layer: int, threshold: float, max_listed: int = 30) -> dict[str, Any]:
+    """Pure: what the selectivity explorer shows for ``layer`` and ``threshold``: stacked histograms of the reference
+    score for units at or below the threshold, above it but not selective, and selective (the final label, which
+    does not depend on the threshold); the count above the threshold (reference criterion), the selective count,
+    and the list of units above the threshold."""
     if layer not in tables:
         raise MonosemError(f"layer {layer} has no results (layers {list(tables)})")
     threshold = check_threshold(threshold)
     t = tables[layer]
     mono = monosemantic(t, threshold)
-    has_q = "q" in t
-    sig_mask = (t["score"] > threshold) & (t["q"] < alpha) if has_q else np.zeros(len(t), bool)
-    groups = {"at or below threshold": t["score"] <= threshold, "above threshold": (t["score"] > threshold) & ~sig_mask,
-              f"above threshold, q < {alpha:g}": sig_mask}
-    hists = {name: selectivity_hist_data(t.loc[mask, "score"].to_numpy(), threshold) for name, mask in groups.items()}
-    cols = "<th>feature</th><th>score</th><th>top concept</th>" + ("<th>q</th><th>held-out agreement</th>" if has_q else "")
+    score = t["score_reference"].to_numpy()
+    selective = t["selective"].to_numpy()
+    groups = {"at or below threshold, not selective": (score <= threshold) & ~selective, "above threshold, not selective": (score > threshold) & ~selective,
+              "selective (final label)": selective}
+    hists = {name: selectivity_hist_data(score[mask], threshold) for name, mask in groups.items()}
+    cols = "<th>feature</th><th>reference score</th><th>top category (8)</th><th>selective</th><th>replication</th><th>held-out AUROC</th>"
     rows = "".join(
-        f"<tr><td>{int(r['feature'])}</td><td>{r['score']:.3f}</td><td>{html.escape(str(r['top_concept']))}</td>"
-        + (f"<td>{r['q']:.3g}</td><td>{r['heldout_agreement']:.2f}</td>" if has_q else "") + "</tr>"
+        f"<tr><td>{int(r['feature'])}</td><td>{r['score_reference']:.3f}</td><td>{html.escape(str(r['top_category']))}</td>"
+        f"<td>{'yes' if r['selective'] else 'no'}</td><td>{r['replication']:.2f}</td><td>{r['auroc_heldout']:.2f}</td></tr>"
         for r in mono.head(max_listed).to_dict(orient="records"))
-    n_sig = int(np.sum(sig_mask)) if has_q else None
-    head = f"<b class='monosem-count'>layer {layer}, threshold {threshold:.2f}: {len(mono)} features above the threshold (reference count)"
-    head += f", {n_sig} of them significant (q &lt; {alpha:g})</b>" if has_q else "</b>"
+    n_selective = int(selective.sum())
+    head = (f"<b class='monosem-count'>layer {layer}, threshold {threshold:.2f}: {len(mono)} features above the threshold (reference criterion); "
+            f"{n_selective} selective (final label)</b>")
     return {
         "hists": hists,
         "count": len(mono),
-        "count_significant": n_sig,
+        "count_selective": n_selective,
         "indices": mono["feature"].astype(int).tolist(),
         "html": f"{head}<table><tr>{cols}</tr>{rows}</table>" + (f"<i>... {len(mono) - max_listed} more</i>" if len(mono) > max_listed else ""),
     }
@@ -49,17 +49,17 @@ class SelectivityExplorer:
 
     COLORS = ("#bbb", "#69c", "#c33")
 
-    def __init__(self, tables: dict[int, pd.DataFrame], model_name: str, threshold: float = 0.6, alpha: float = 0.05):
+    def __init__(self, tables: dict[int, pd.DataFrame], model_name: str, threshold: float = 0.6):
         import ipywidgets as W
         import plotly.graph_objects as go
 
-        self.tables, self.model_name, self.alpha = tables, model_name, alpha
+        self.tables, self.model_name = tables, model_name
         layers = sorted(tables)
         self.layer = W.SelectionSlider(options=layers, value=layers[0], description="layer", continuous_update=False)
         self.threshold = W.FloatSlider(value=check_threshold(threshold), min=0.0, max=1.0, step=0.01, description="threshold", continuous_update=False)
-        names = list(explorer_view(tables, layers[0], threshold, alpha)["hists"])
+        names = list(explorer_view(tables, layers[0], threshold)["hists"])
         self.figure = go.FigureWidget([go.Bar(x=[], y=[], name=n, marker_color=c) for n, c in zip(names, self.COLORS)])
-        self.figure.update_layout(barmode="stack", xaxis_title="score (max/sum of concept means)", yaxis_title="number of features", xaxis_range=[0, 1],
+        self.figure.update_layout(barmode="stack", xaxis_title="reference score (max/sum of the 4 concept means)", yaxis_title="number of features", xaxis_range=[0, 1],
                                   height=380, width=950, legend=dict(orientation="h", y=-0.25), title_font_size=13,
                                   shapes=[dict(type="line", x0=0, x1=0, y0=0, y1=1, yref="paper", line=dict(color="black", dash="dash"))])
         self.listing = W.HTML()
@@ -69,16 +69,16 @@ class SelectivityExplorer:
         self._on_change()
 
     def _on_change(self, change=None) -> None:
-        v = explorer_view(self.tables, self.layer.value, self.threshold.value, self.alpha)
+        v = explorer_view(self.tables, self.layer.value, self.threshold.value)
         with self.figure.batch_update():
             for trace, d in zip(self.figure.data, v["hists"].values()):
                 trace.x, trace.y, trace.width = d["x"], d["y"], d["width"]
             layout: Any = self.figure.layout
             layout.shapes[0].x0 = layout.shapes[0].x1 = self.threshold.value
-            extra = f", {v['count_significant']} significant" if v["count_significant"] is not None else ""
-            self.figure.layout.title = f"{self.model_name}, layer {self.layer.value}: {v['count']} features above {self.threshold.value:.2f}{extra}"
+            self.figure.layout.title = (f"{self.model_name}, layer {self.layer.value}: {v['count']} features above {self.threshold.value:.2f} "
+                                        f"(reference criterion), {v['count_selective']} selective (final label)")
         self.listing.value = v["html"]
-        self.count, self.count_significant = v["count"], v["count_significant"]
+        self.count, self.count_selective = v["count"], v["count_selective"]
 
 
 def word_explorer_view(wms: dict[int, pd.DataFrame], df: pd.DataFrame, layer: int, feature: int, k: int = 10) -> dict[str, Any]:

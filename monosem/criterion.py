@@ -1,0 +1,211 @@
+"""The final label: a unit is *selective* for a concept when its top category among all 8 (controls included) is
+that concept, and the top category chosen on half of the words is confirmed on the other half, in most random splits.
+
+The data are word-level activations on the NEUTRAL frames (every neutral frame is used by all 8
+categories, so no frame can carry a category; see scripts/make_concepts.py). For each of
+``n_splits`` random halvings of each category's words:
+
+- discovery: the unit's top category ``t`` is the argmax of the 8 category means on half D;
+- confirmation, on the other half C only: ``t`` is again the argmax, and a one-sided Mann–Whitney
+  test of t's words against all other words (controls included) gives p < alpha.
+
+``replication`` is the share of splits in which the unit's overall top category is discovered and
+confirmed. ``selective`` requires the top category to be a concept, ``replication >= min_replication``
+and activity on at least ``min_active_words`` words. The word is the unit of every statistic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtr
+from torch import Tensor
+
+from monosem.config import RunConfig
+from monosem.dataset import CATEGORIES, CONCEPTS, UNSPECIFIED
+from monosem.stats import WordData, word_data
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """The settings of the final label (their values are stated in every summary)."""
+
+    n_splits: int = 20  # random halvings of each category's words
+    alpha: float = 0.05  # level of the confirmation test on the held-out half
+    min_replication: float = 0.9  # share of splits that must confirm the top category
+    min_active_words: int = 5  # a unit active on fewer words is not a concept feature
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> Criterion:
+        """The criterion with the run's alpha, splits, replication level and seed."""
+        return cls(n_splits=cfg.n_splits, alpha=cfg.alpha, min_replication=cfg.min_replication, seed=cfg.seed)
+
+    def describe(self) -> dict[str, float | int | str]:
+        """The settings as recorded in summary.json."""
+        return {**dataclasses.asdict(self), "frames": "neutral", "test": "one-sided Mann-Whitney over held-out words, top category vs all others"}
+
+
+def frame_rows(df: pd.DataFrame, kind: str = "neutral") -> np.ndarray:
+    """Boolean mask [n_examples] of the rows the criterion uses: frame_kind ``kind``, or every row when the dataset
+    does not mark frames (``unspecified``; the notebook then says the frames may carry the category)."""
+    kinds = df["frame_kind"].to_numpy() if "frame_kind" in df else np.full(len(df), UNSPECIFIED)
+    if (kinds == UNSPECIFIED).all():
+        return np.ones(len(df), dtype=bool)
+    return kinds == kind
+
+
+def category_means(means: np.ndarray, category: np.ndarray, n_categories: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """Mean over words of each category [n_categories, n_units] of word means [n_words, n_units] (only ``rows`` if given)."""
+    if rows is not None:
+        means, category = means[rows], category[rows]
+    onehot = (category[None, :] == np.arange(n_categories)[:, None]).astype(np.float64)
+    counts = onehot.sum(1, keepdims=True)
+    return np.divide(onehot @ means, counts, out=np.zeros((n_categories, means.shape[1])), where=counts > 0)
+
+
+def top_of(cat_means: np.ndarray) -> np.ndarray:
+    """Argmax category per unit [n_units], -1 where the unit is silent (all means 0)."""
+    top = cat_means.argmax(0)
+    return np.where(cat_means.max(0) > 0, top, -1)
+
+
+def mann_whitney_greater(values: np.ndarray, positive: np.ndarray, ranked: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided Mann–Whitney test per unit that ``positive`` words exceed the others; returns (AUROC, p) [n_units].
+
+    ``values`` [n_words, n_units]; ``positive`` [n_words, n_units] boolean (the positive class may differ per
+    unit); ``ranked``: ``ranks_and_ties(values)`` if already computed. Average ranks for ties, the
+    tie-corrected normal approximation with continuity correction (as ``scipy.stats.mannwhitneyu(...,
+    alternative="greater", method="asymptotic")``); p = 1 where every value ties.
+    """
+    n = values.shape[0]
+    ranks, tie_sizes = ranked if ranked is not None else ranks_and_ties(values)
+    n1 = positive.sum(0).astype(np.float64)
+    n2 = n - n1
+    u = (ranks * positive).sum(0) - n1 * (n1 + 1) / 2
+    ties = (tie_sizes**2 - 1).sum(0)  # = sum over tie groups of t^3 - t
+    var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auroc = np.where((n1 > 0) & (n2 > 0), u / (n1 * n2), np.nan)
+        z = np.where(var > 0, (u - n1 * n2 / 2 - 0.5) / np.sqrt(np.where(var > 0, var, 1)), -np.inf)
+    return auroc, 1 - ndtr(z)
+
+
+def ranks_and_ties(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average ranks (1-based) within each column of ``values`` [n, units] and the size of each element's tie group.
+
+    One sort per column, done on the transposed (contiguous) array: the same numbers as
+    ``scipy.stats.rankdata(values, axis=0)`` and ``rankdata(.., 'max') - rankdata(.., 'min') + 1``.
+    """
+    rows = np.ascontiguousarray(values.T)  # [units, n]
+    n = rows.shape[1]
+    order = np.argsort(rows, axis=1, kind="stable")
+    ordered = np.take_along_axis(rows, order, 1)
+    position = np.broadcast_to(np.arange(n), rows.shape)
+    new_group = np.ones(rows.shape, dtype=bool)
+    new_group[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    start = np.maximum.accumulate(np.where(new_group, position, 0), axis=1)
+    last = np.ones(rows.shape, dtype=bool)
+    last[:, :-1] = new_group[:, 1:]
+    end = np.minimum.accumulate(np.where(last, position, n - 1)[:, ::-1], axis=1)[:, ::-1]
+    ranks, sizes = np.empty(rows.shape), np.empty(rows.shape)
+    rows_index = np.arange(rows.shape[0])[:, None]
+    ranks[rows_index, order] = (start + end) / 2 + 1
+    sizes[rows_index, order] = end - start + 1
+    return ranks.T, sizes.T
+
+
+def split_halves(category: np.ndarray, n_splits: int, seed: int = 0) -> np.ndarray:
+    """Discovery masks [n_splits, n_words]: a random half (rounded down) of each category's words, per split."""
+    rng = np.random.default_rng(seed)
+    halves = np.zeros((n_splits, len(category)), dtype=bool)
+    for c in np.unique(category):
+        members = np.flatnonzero(category == c)
+        for s in range(n_splits):
+            halves[s, rng.permutation(members)[: len(members) // 2]] = True
+    return halves
+
+
+@dataclass
+class Replication:
+    """Per unit: overall top category, replication, held-out AUROC; per split: discovered and confirmed [n_splits, n_units]."""
+
+    top: np.ndarray  # [n_units] top category over all words, -1 if silent
+    replication: np.ndarray  # [n_units]
+    auroc_heldout: np.ndarray  # [n_units] mean over splits of the confirmation-half AUROC of the overall top category
+    discovered: np.ndarray  # [n_splits, n_units] discovery top is a concept and significant on the discovery half
+    confirmed: np.ndarray  # [n_splits, n_units] discovery top confirmed on the held-out half
+
+
+def replicate(wd: WordData, n_categories: int, criterion: Criterion = Criterion()) -> Replication:
+    """Discovery on half of each category's words, confirmation on the other half, over ``criterion.n_splits`` splits."""
+    means = wd.means().astype(np.float64)
+    n_cat = n_categories
+    top = top_of(category_means(means, wd.category, n_cat))
+    halves = split_halves(wd.category, criterion.n_splits, criterion.seed)
+    n_units = means.shape[1]
+    discovered = np.zeros((criterion.n_splits, n_units), dtype=bool)
+    confirmed = np.zeros((criterion.n_splits, n_units), dtype=bool)
+    replicated = np.zeros((criterion.n_splits, n_units), dtype=bool)
+    aurocs = np.zeros((criterion.n_splits, n_units))
+    for s, half in enumerate(halves):
+        t = top_of(category_means(means, wd.category, n_cat, half))
+        for rows, is_discovery in ((half, True), (~half, False)):
+            positive = wd.category[rows][:, None] == t[None, :]
+            ranked = ranks_and_ties(means[rows])
+            auroc, p = mann_whitney_greater(means[rows], positive, ranked)
+            if is_discovery:
+                discovered[s] = (t >= 0) & (t < wd.n_concepts) & (p < criterion.alpha)
+            else:
+                held_top = top_of(category_means(means, wd.category, n_cat, rows))
+                confirmed[s] = (t >= 0) & (held_top == t) & (p < criterion.alpha)
+                positive_top = wd.category[rows][:, None] == top[None, :]
+                aurocs[s] = mann_whitney_greater(means[rows], positive_top, ranked)[0]
+        replicated[s] = confirmed[s] & (t == top)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # silent units have no AUROC: NaN
+        auroc_heldout = np.nanmean(aurocs, 0)
+    return Replication(top, replicated.mean(0), auroc_heldout, discovered, confirmed)
+
+
+def selectivity_criterion(acts: Tensor | np.ndarray, df: pd.DataFrame, criterion: Criterion = Criterion(),
+                          categories: Sequence[str] = CATEGORIES, concepts: Sequence[str] = CONCEPTS, kind: str = "neutral") -> tuple[pd.DataFrame, float]:
+    """Per unit of word-level activations ``acts`` [n_examples, n_units] aligned with ``df``: the final label and its parts,
+    and the basis's replication rate (see ``replication_rate``).
+
+    Columns: top_category ('' if silent), replication, auroc_heldout, n_active_words, selective,
+    control_top (replicated, but its top category is a control) and mean_<category> for all categories
+    (mean over words of the word-level activation), on the rows of frame kind ``kind`` (see ``frame_rows``).
+    """
+    rows = frame_rows(df, kind)
+    acts = np.asarray(acts, dtype=np.float32)
+    wd = word_data(acts[rows], df.loc[rows], categories, concepts)
+    means = wd.means().astype(np.float64)
+    cat_means = category_means(means, wd.category, len(categories))
+    n_active = (means > 0).sum(0)
+    # units active on too few words cannot be selective: only the others go through the splits
+    tested = np.flatnonzero(n_active >= criterion.min_active_words)
+    top = top_of(cat_means)
+    replication, auroc_heldout, rate = np.zeros(len(n_active)), np.full(len(n_active), np.nan), float("nan")
+    if len(tested):
+        rep = replicate(WordData(wd.words, wd.category, wd.counts, wd.sums[:, tested], wd.n_concepts), len(categories), criterion)
+        replication[tested], auroc_heldout[tested], rate = rep.replication, rep.auroc_heldout, replication_rate(rep)
+    names = np.asarray(list(categories) + [""])
+    table = pd.DataFrame({"top_category": names[top], "replication": replication, "auroc_heldout": auroc_heldout, "n_active_words": n_active})
+    replicated = (replication >= criterion.min_replication) & (n_active >= criterion.min_active_words)
+    table["selective"] = (top >= 0) & (top < len(concepts)) & replicated
+    table["control_top"] = (top >= len(concepts)) & replicated
+    for i, c in enumerate(categories):
+        table[f"mean_{c}"] = cat_means[i]
+    return table, rate
+
+
+def replication_rate(rep: Replication) -> float:
+    """Among (split, unit) pairs whose discovery-half top category is a concept and significant, the share confirmed on the held-out half."""
+    n = rep.discovered.sum()
+    return float((rep.discovered & rep.confirmed).sum() / n) if n else float("nan")

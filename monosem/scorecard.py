@@ -1,0 +1,146 @@
+"""Per-unit tables and the per-basis scorecard: reference score with its CI, the final label, purity and k-sparse probing.
+
+One row per unit (``unit_table``): the reference study's 4-concept score (``score_reference``,
+with a basic bootstrap CI over words) next to the final label of ``monosem.criterion`` on the
+neutral frames, the same label on the category frames (reported beside: frames there may carry
+the category), and the mean per category. One row per basis and layer (``scorecard_row``) with the
+keys of ``SCORECARD_KEYS``, so bases of any width compare fairly: fractions of *active* units,
+replication on held-out words, purity against a label-shuffled null, and SAEBench-style k-sparse
+probing on held-out words with the controls as negatives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import Tensor
+
+from monosem.criterion import Criterion, frame_rows, mann_whitney_greater, selectivity_criterion, split_halves
+from monosem.dataset import CATEGORIES, CONCEPTS
+from monosem.selectivity import selectivity_table
+from monosem.stats import bootstrap_ci, word_data
+
+SCORECARD_KEYS = ("n_units", "n_active", "n_selective", "fraction_selective_active", "replication_rate", "pure_units", "pure_units_null",
+                  "probe_k1_auroc", "probe_k5_auroc", "n_control_top", "n_selective_category_frames", "n_above_threshold")
+PURITY = 0.9  # share of a unit's activation mass in one category that makes it "pure"
+
+
+def unit_table(acts: Tensor | np.ndarray, df: pd.DataFrame, live: np.ndarray | None = None, criterion: Criterion = Criterion(),
+               n_boot: int = 1000, categories: Sequence[str] = CATEGORIES, concepts: Sequence[str] = CONCEPTS) -> tuple[pd.DataFrame, float]:
+    """One row per unit of word-level activations ``acts`` [n_examples, n_units], and the basis's replication rate.
+
+    Columns: feature, score_reference, ci_low, ci_high, top_concept_reference (the reference study's
+    score over the 4 concepts on all sentences), then the final label on the neutral frames
+    (top_category, selective, control_top, replication, auroc_heldout, n_active_words,
+    mean_<category> for all categories), selective_category_frames and replication_category_frames
+    (the same criterion on the category frames), live, and causal_effect / causal_p (NaN until
+    ``monosem.causal`` fills them for the features it tests).
+    """
+    acts = np.asarray(acts, dtype=np.float32)
+    reference = selectivity_table(acts, df, live, concepts)
+    wd = word_data(acts, df, categories, concepts)
+    ci_low, ci_high = bootstrap_ci(wd, n_boot, criterion.seed)
+    final, rate = selectivity_criterion(acts, df, criterion, categories, concepts, "neutral")
+    on_category, _ = selectivity_criterion(acts, df, criterion, categories, concepts, "category")
+    table = pd.DataFrame({"feature": reference["feature"], "score_reference": reference["score"], "ci_low": ci_low, "ci_high": ci_high,
+                          "top_concept_reference": reference["top_concept"]})
+    table = pd.concat([table, final], axis=1)
+    table["selective_category_frames"] = on_category["selective"].to_numpy()
+    table["replication_category_frames"] = on_category["replication"].to_numpy()
+    table["live"] = reference["live"].to_numpy()
+    table["causal_effect"] = np.nan
+    table["causal_p"] = np.nan
+    return table, rate
+
+
+def pure_units(means: np.ndarray, category: np.ndarray, n_categories: int, min_active_words: int = 5, purity: float = PURITY) -> int:
+    """Units with at least ``purity`` of their activation mass (summed word means [n_words, n_units]) in one category,
+    active on at least ``min_active_words`` words."""
+    onehot = (category[None, :] == np.arange(n_categories)[:, None]).astype(np.float64)
+    mass = onehot @ means
+    total = mass.sum(0)
+    share = np.divide(mass.max(0), total, out=np.zeros_like(total), where=total > 0)
+    return int(((share >= purity) & ((means > 0).sum(0) >= min_active_words)).sum())
+
+
+def pure_units_null(means: np.ndarray, category: np.ndarray, n_categories: int, n_shuffles: int = 20, seed: int = 0, **kwargs: Any) -> float:
+    """Mean ``pure_units`` count when category labels are shuffled across words (what chance gives)."""
+    rng = np.random.default_rng(seed)
+    return float(np.mean([pure_units(means, rng.permutation(category), n_categories, **kwargs) for _ in range(n_shuffles)]))
+
+
+def _logistic_scores(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, l2: float = 1e-2, iters: int = 25) -> np.ndarray:
+    """Decision scores on ``x_test`` of an L2-regularised logistic regression fitted by Newton's method (features standardised)."""
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-8
+    xt = np.hstack([np.ones((len(x_train), 1)), (x_train - mu) / sd])
+    w = np.zeros(xt.shape[1])
+    reg = l2 * np.eye(len(w))
+    reg[0, 0] = 0.0
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(xt @ w, -30, 30)))
+        grad = xt.T @ (p - y_train) + reg @ w
+        hess = (xt * (p * (1 - p))[:, None]).T @ xt + reg + 1e-9 * np.eye(len(w))
+        w -= np.linalg.solve(hess, grad)
+    return np.hstack([np.ones((len(x_test), 1)), (x_test - mu) / sd]) @ w
+
+
+def k_sparse_probe_auroc(means: np.ndarray, category: np.ndarray, n_concepts: int, k: int, halves: np.ndarray) -> float:
+    """SAEBench-style k-sparse probing: per concept and split, the k units with the largest mean difference (concept
+    words minus all other words, controls included) on the training half, a logistic probe on them, its AUROC on the
+    held-out words; the mean over concepts and splits. ``means`` [n_words, n_units]; ``halves`` [n_splits, n_words]."""
+    aurocs = []
+    for half in halves:
+        for c in range(n_concepts):
+            y = category == c
+            train, test = half, ~half
+            diff = means[train & y].mean(0) - means[train & ~y].mean(0)
+            units = np.argsort(-diff, kind="stable")[:k]
+            if k == 1:
+                scores = means[test][:, units[0]]
+            else:
+                scores = _logistic_scores(means[train][:, units], y[train].astype(np.float64), means[test][:, units])
+            auroc, _ = mann_whitney_greater(scores[:, None], y[test][:, None])
+            aurocs.append(float(auroc[0]))
+    return float(np.mean(aurocs))
+
+
+def scorecard_row(table: pd.DataFrame, replication_rate: float, acts: Tensor | np.ndarray, df: pd.DataFrame, threshold: float,
+                  criterion: Criterion = Criterion(), n_probe_splits: int = 5, categories: Sequence[str] = CATEGORIES,
+                  concepts: Sequence[str] = CONCEPTS) -> dict[str, float]:
+    """The scorecard (``SCORECARD_KEYS``) of one basis at one layer, from its ``unit_table`` and its activations on the neutral frames."""
+    rows = frame_rows(df, "neutral")
+    wd = word_data(np.asarray(acts, dtype=np.float32)[rows], df.loc[rows], categories, concepts)
+    means = wd.means().astype(np.float64)
+    n_active = int(np.sum(table["n_active_words"].to_numpy() >= criterion.min_active_words))
+    n_selective = int(np.sum(table["selective"].to_numpy()))
+    halves = split_halves(wd.category, n_probe_splits, criterion.seed + 1)
+    return {
+        "n_units": int(len(table)),
+        "n_active": n_active,
+        "n_selective": n_selective,
+        "fraction_selective_active": n_selective / n_active if n_active else 0.0,
+        "replication_rate": replication_rate,
+        "pure_units": pure_units(means, wd.category, len(categories), criterion.min_active_words),
+        "pure_units_null": pure_units_null(means, wd.category, len(categories), seed=criterion.seed, min_active_words=criterion.min_active_words),
+        "probe_k1_auroc": k_sparse_probe_auroc(means, wd.category, len(concepts), 1, halves),
+        "probe_k5_auroc": k_sparse_probe_auroc(means, wd.category, len(concepts), 5, halves),
+        "n_control_top": int(np.sum(table["control_top"].to_numpy())),
+        "n_selective_category_frames": int(np.sum(table["selective_category_frames"].to_numpy())),
+        "n_above_threshold": int(np.sum(table["score_reference"].to_numpy() > threshold)),
+    }
+
+
+def category_mean_matrix(table: pd.DataFrame, categories: Sequence[str] = CATEGORIES) -> np.ndarray:
+    """The mean_<category> columns of a unit table as [n_categories, n_units]."""
+    return table[[f"mean_{c}" for c in categories]].to_numpy().T
+
+
+
+def set_causal_columns(table: pd.DataFrame, effects: pd.DataFrame) -> None:
+    """Fill ``causal_effect`` and ``causal_p`` of ``table`` (a unit table) for the features in ``effects`` (``monosem.causal.causal_effects``)."""
+    by_feature = effects.set_index("feature")
+    rows = table["feature"].isin(list(by_feature.index)).to_numpy()
+    table.loc[rows, ["causal_effect", "causal_p"]] = by_feature.loc[table.loc[rows, "feature"], ["causal_effect", "causal_p"]].to_numpy()
