@@ -33,6 +33,8 @@ from monosem.sae.train import TokenSource, sae_metrics
 from monosem.selectivity import layer_summary
 
 R = TypeVar("R", "SaeMetricsFile", "Summary")  # the typed records read from JSON
+STILL_FALLING = -0.02  # a loss change over the last 10% of steps below this: training had not levelled off
+TEXT_COLUMNS = ("top_category", "top_concept_reference", "top_concept")  # category names; '' for a silent unit
 TIMING_KEYS = ("seconds", "tokens_per_second")  # vary run to run: kept in sae_metrics.json, left out of summary.json
 
 
@@ -71,10 +73,15 @@ def sae_metrics_entry(training: dict[str, Any], fidelity: dict[str, Any]) -> dic
     ``train_tokens``, ``corpus``, ``fve_heldout``, ``l0``, ``dead_fraction``, ``fidelity``, ``loss_change_last10pct``
     (all measured on held-out tokens, except the loss change), the other metrics and the timing."""
     m = training["metrics"]
+    warnings = []  # quality problems worth reading, not errors: the reference recipe, say, may not beat the mean on a random model
+    if not m["fve"] > 0:
+        warnings.append(f"reconstructs held-out tokens worse than their mean vector (FVE {m['fve']:.3f}); train longer (MONOSEM_SAE_TOKENS)")
+    if not training["loss_change_last10pct"] > STILL_FALLING:
+        warnings.append(f"the loss still fell {-training['loss_change_last10pct']:.1%} over the last 10% of steps; more tokens would help")
     return {"train_tokens": training["train_tokens"], "corpus": training["corpus"], "epochs": training["epochs"], "fve_heldout": m["fve"],
             "mse_heldout": m["mse"], "l0": m["l0"], "dead_fraction": m["dead_fraction"], "dense_fraction": m["dense_fraction"], "n_dead": m["n_dead"],
             "d_sae": m["d_sae"], "heldout_tokens": m["n_tokens"], **fidelity, "loss_change_last10pct": training["loss_change_last10pct"],
-            **{k: training[k] for k in TIMING_KEYS}}
+            "warnings": warnings, **{k: training[k] for k in TIMING_KEYS}}
 
 
 def write_sae_metrics(mp: ModelPaths, record: SaeMetricsFile) -> Path:
@@ -150,8 +157,10 @@ def read_selectivity_tables(mp: ModelPaths, preset: str, layers: Sequence[int]) 
         path = mp.selectivity_csv(preset, L)
         if not path.is_file():
             raise MonosemError(f"{path} not found; run notebooks/03_selectivity.ipynb first (MONOSEM_SAE_PRESETS must include {preset!r}, same MONOSEM_LAYERS)")
-        table = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"top_concept": str})
-        table["top_concept"] = table["top_concept"].fillna("")
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={c: str for c in TEXT_COLUMNS})
+        for c in TEXT_COLUMNS:
+            if c in table:
+                table[c] = table[c].fillna("")
         out[L] = table
     return out
 

@@ -1,7 +1,8 @@
-"""Statistics of the selectivity score with the word as the unit: permutation p, BH q, AUROC, bootstrap CI, held-out agreement.
+"""Word-level data and the bootstrap CI of the reference score: the word is the unit, a word's sentences move together.
 
-A word's sentences are not independent, so every resampling moves whole words. All functions are
-vectorised over units (and over permutations or resamples, in chunks that bound the memory).
+``word_data`` sums each unit's sentence-level activations per word (the input of every word-level
+statistic, here and in ``monosem.criterion``); ``bootstrap_ci`` resamples words within each concept,
+vectorised over units and resamples (in chunks that bound the memory).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import pandas as pd
 from torch import Tensor
 
 from monosem.dataset import CATEGORIES, CONCEPTS
-from monosem.selectivity import selectivity_table
 
 
 @dataclass
@@ -69,59 +69,6 @@ def _onehot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
-def permutation_pvalues(wd: WordData, n_perm: int = 1000, seed: int = 0, chunk: int = 250) -> np.ndarray:
-    """p-value of each unit's reference score under shuffling concept labels across concept *words*.
-
-    p = (1 + #{permutations with score >= observed}) / (1 + n_perm); vectorised over units and
-    permutations (chunks of ``chunk`` permutations bound the memory).
-    """
-    rows = wd.concept_rows
-    sums, counts, labels = wd.sums[rows], wd.counts[rows].astype(np.float32), wd.category[rows]
-    observed, _ = _scores_from_weights(_onehot(labels[None], wd.n_concepts), sums, counts)
-    rng = np.random.default_rng(seed)
-    exceed = np.zeros(sums.shape[1], dtype=np.int64)
-    for start in range(0, n_perm, chunk):
-        n = min(chunk, n_perm - start)
-        perm = rng.permuted(np.tile(labels, (n, 1)), axis=1)
-        score, _ = _scores_from_weights(_onehot(perm, wd.n_concepts), sums, counts)
-        exceed += (score >= observed - 1e-6).sum(0)
-    return (1 + exceed) / (1 + n_perm)
-
-
-def bh_qvalues(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg q-values of p-values (any shape)."""
-    p = np.asarray(p, dtype=np.float64)
-    flat = p.ravel()
-    n = len(flat)
-    order = np.argsort(flat)
-    ranked = flat[order] * n / np.arange(1, n + 1)
-    q = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.minimum(q, 1.0)
-    return out.reshape(p.shape)
-
-
-def selectivity_index(means: np.ndarray) -> np.ndarray:
-    """Class-selectivity index (mu_max - mu_rest) / (mu_max + mu_rest) per unit; mu_rest = mean of the other concepts."""
-    means = np.asarray(means, dtype=np.float64)
-    mu_max = means.max(0)
-    mu_rest = (means.sum(0) - mu_max) / (means.shape[0] - 1)
-    denom = mu_max + mu_rest
-    return np.divide(mu_max - mu_rest, denom, out=np.zeros_like(denom), where=denom > 0)
-
-
-def auroc_top_concept(wd: WordData, top: np.ndarray) -> np.ndarray:
-    """One-vs-rest AUROC of each unit's word-mean activation: words of its top concept vs. all other words (controls included)."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(wd.means(), axis=0)  # ties get average ranks
-    onehot = (wd.category[None, :] == np.arange(wd.n_concepts)[:, None]).astype(np.float64)  # [C, n_words]
-    rank_sums = (onehot @ ranks)[top, np.arange(len(top))]
-    n_pos = onehot.sum(1)[top]
-    n_neg = len(wd.words) - n_pos
-    return (rank_sums - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-
-
 def bootstrap_ci(wd: WordData, n_boot: int = 1000, seed: int = 0, level: float = 0.95, chunk: int = 250,
                  method: str = "basic") -> tuple[np.ndarray, np.ndarray]:
     """Bootstrap CI of each unit's reference score, resampling words with replacement within each concept.
@@ -153,53 +100,3 @@ def bootstrap_ci(wd: WordData, n_boot: int = 1000, seed: int = 0, level: float =
         return q_lo, q_hi
     observed, _ = _scores_from_weights(_onehot(labels[None], wd.n_concepts), sums, counts)
     return np.clip(2 * observed[0] - q_hi, 0, 1), np.clip(2 * observed[0] - q_lo, 0, 1)
-
-
-def heldout_agreement(wd: WordData, n_splits: int = 20, seed: int = 0) -> np.ndarray:
-    """Per unit, the fraction of random half/half word splits (within each concept) on which the top concept
-    found on one half is also the top concept on the other half (a silent half counts as disagreement)."""
-    rows = wd.concept_rows
-    sums, counts, labels = wd.sums[rows], wd.counts[rows].astype(np.float32), wd.category[rows]
-    rng = np.random.default_rng(seed)
-    half = np.zeros((n_splits, len(rows)), dtype=bool)
-    for c in range(wd.n_concepts):
-        members = np.flatnonzero(labels == c)
-        for s in range(n_splits):
-            half[s, rng.permutation(members)[: len(members) // 2]] = True
-    onehot = _onehot(labels[None], wd.n_concepts)[0]  # [C, n_words]
-    _, means_a = _scores_from_weights(onehot[None] * half[:, None, :], sums, counts)
-    _, means_b = _scores_from_weights(onehot[None] * ~half[:, None, :], sums, counts)
-    agree = (means_a.argmax(1) == means_b.argmax(1)) & (means_a.sum(1) > 0) & (means_b.sum(1) > 0)
-    return agree.mean(0)
-
-
-def feature_statistics(acts: Tensor | np.ndarray, df: pd.DataFrame, live: np.ndarray | None = None, n_perm: int = 1000,
-                       n_boot: int = 1000, n_splits: int = 20, seed: int = 0, categories: Sequence[str] = CATEGORIES,
-                       concepts: Sequence[str] = CONCEPTS) -> pd.DataFrame:
-    """The per-unit table with the reference score and its statistics (all vectorised over units).
-
-    Columns: feature, score, top_concept, mean_<concept>, live, selectivity_index, auroc, p,
-    ci_low, ci_high, heldout_agreement. q-values are added over layers by ``add_qvalues``.
-    """
-    table = selectivity_table(acts, df, live, concepts)
-    wd = word_data(acts, df, categories, concepts)
-    means = table[[f"mean_{c}" for c in concepts]].to_numpy().T
-    top = means.argmax(0)
-    table["selectivity_index"] = selectivity_index(means)
-    table["auroc"] = auroc_top_concept(wd, top)
-    table["p"] = permutation_pvalues(wd, n_perm, seed)
-    table["ci_low"], table["ci_high"] = bootstrap_ci(wd, n_boot, seed)
-    table["heldout_agreement"] = heldout_agreement(wd, n_splits, seed)
-    return table
-
-
-def add_qvalues(tables: dict[int, pd.DataFrame]) -> dict[int, pd.DataFrame]:
-    """Add BH q-values computed over all units of all layers in ``tables`` (one family)."""
-    layers = list(tables)
-    q = bh_qvalues(np.concatenate([tables[L]["p"].to_numpy() for L in layers]))
-    start = 0
-    for L in layers:
-        n = len(tables[L])
-        tables[L]["q"] = q[start : start + n]
-        start += n
-    return tables

@@ -1,5 +1,7 @@
-"""The per-feature scores in selectivity_layer_<L>.csv can be recomputed from concepts.csv, the model
-and the saved SAE with plain transformers + safetensors, without monosem's extraction or scoring code."""
+"""The per-feature table in <preset>/selectivity_layer_<L>.csv can be recomputed from concepts.csv, the model and the
+saved SAE with plain transformers + safetensors, without monosem's extraction or scoring code: the reference score
+(4 concepts, all sentences), the 8 category means on the neutral frames, and that no unit labelled selective has a
+control category at or above its concept's mean."""
 
 import csv
 import json
@@ -12,22 +14,22 @@ from safetensors.torch import load_file
 
 from monosem.bases import trained_sae_basis
 from monosem.cache import load_or_extract_concepts
-from monosem.dataset import CONCEPTS, load_concepts
+from monosem.criterion import Criterion
+from monosem.dataset import CATEGORIES, CONCEPTS, load_concepts
 from monosem.paths import model_paths
 from monosem.results import write_selectivity_tables
-from monosem.sae.train import train_or_load_sae
-from monosem.selectivity import selectivity_table
+from monosem.sae.saelens import save_sae
+from monosem.sae.train import train_sae
+from monosem.scorecard import unit_table
 
 
-def independent_scores(csv_path, model, tok, sae_dir, layer):
+def independent_word_features(csv_path, model, tok, sae_dir, layer):
+    """{row: SAE features of the word-token mean at ``layer``} with the CSV rows, by plain transformers + safetensors."""
     rows = list(csv.DictReader(open(csv_path, encoding="utf-8")))
     w = load_file(sae_dir / "sae_weights.safetensors")
     apply_b_dec = json.loads((sae_dir / "cfg.json").read_text())["apply_b_dec_to_input"]
-    sums = {c: 0.0 for c in CONCEPTS}
-    counts = {c: 0 for c in CONCEPTS}
+    feats = []
     for r in rows:
-        if r["concept"] not in CONCEPTS:
-            continue
         start = re.search(rf"(?<!\w){re.escape(r['word'])}(?!\w)", r["sentence"]).start()
         end = start + len(r["word"])
         enc = tok(r["sentence"], return_offsets_mapping=True, return_tensors="pt")
@@ -36,32 +38,46 @@ def independent_scores(csv_path, model, tok, sae_dir, layer):
         offs = enc["offset_mapping"][0].tolist()
         pos = [i for i, (a, b) in enumerate(offs) if b > a and a < end and b > start]
         x = hs[pos].mean(0)
-        f = torch.relu((x - w["b_dec"] * apply_b_dec) @ w["W_enc"] + w["b_enc"]).double().numpy()
-        sums[r["concept"]] = sums[r["concept"]] + f
-        counts[r["concept"]] += 1
-    means = np.stack([sums[c] / counts[c] for c in CONCEPTS])
-    total = means.sum(0)
-    return np.where(total > 0, means.max(0) / np.where(total > 0, total, 1), 0.0), means
+        feats.append(torch.relu((x - w["b_dec"] * apply_b_dec) @ w["W_enc"] + w["b_enc"]).double().numpy())
+    return pd.DataFrame(rows), np.stack(feats)
 
 
-def test_csv_scores_match_an_independent_recomputation(bundled, concepts, data_dir, tmp_path):
+def test_csv_table_matches_an_independent_recomputation(bundled, concepts, data_dir, tmp_path):
     spec, model, tok = bundled
     mp = model_paths(data_dir, spec.used)
-    words = concepts.drop_duplicates("word").groupby("concept").head(4).word
-    subset = concepts[concepts.word.isin(words)][["concept", "word", "sentence"]]
+    words = concepts.drop_duplicates("word").groupby("concept").head(10).word
+    subset = concepts[concepts.word.isin(words)][["concept", "word", "sentence", "frame", "frame_kind"]]
     csv_path = tmp_path / "concepts.csv"
     subset.to_csv(csv_path, index=False)
     df = load_concepts(csv_path)
     layer = 2
     cache = load_or_extract_concepts(mp, spec, df, [layer], model_and_tokenizer=(model, tok))
-    train_or_load_sae(mp, spec, [cache], layer, steps=200, batch_size=64)
+    sae, _, _ = train_sae(cache.tokens(layer), "reference", steps=300, batch_size=64, progress=False)
+    save_sae(sae, mp.sae(layer), spec.used, layer)
     acts, live = trained_sae_basis(mp, "reference").activations(cache, layer)
-    (out,) = write_selectivity_tables(mp, "reference", {layer: selectivity_table(acts, df, live)})
+    table, _ = unit_table(acts, df, live, Criterion(n_splits=10), n_boot=100)
+    (out,) = write_selectivity_tables(mp, "reference", {layer: table})
     assert out == mp.selectivity_csv("reference", layer)
+    saved = pd.read_csv(out, keep_default_na=False, na_values=[""])
 
-    saved = pd.read_csv(out)
-    score, means = independent_scores(csv_path, model, tok, mp.sae(layer), layer)
-    np.testing.assert_allclose(saved["score"], score, atol=1e-4)
-    for i, c in enumerate(CONCEPTS):
-        np.testing.assert_allclose(saved[f"mean_{c}"], means[i], rtol=1e-4, atol=1e-5)
-    assert (saved["score"] > 0).any(), "a trained SAE should have some concept-active features"
+    rows, feats = independent_word_features(csv_path, model, tok, mp.sae(layer), layer)
+    # the reference score: 4 concepts, every sentence, mean over sentences
+    concept_means = np.stack([feats[(rows.concept == c).to_numpy()].mean(0) for c in CONCEPTS])
+    total = concept_means.sum(0)
+    score = np.where(total > 0, concept_means.max(0) / np.where(total > 0, total, 1), 0.0)
+    np.testing.assert_allclose(saved["score_reference"], score, atol=1e-4)
+    # the final label's category means: neutral frames, mean over words of each word's mean
+    neutral = (rows.frame_kind == "neutral").to_numpy()
+    word_means = pd.DataFrame(feats[neutral]).groupby(rows.word[neutral].to_numpy()).mean()
+    category_of = rows.drop_duplicates("word").set_index("word").concept
+    by_category = word_means.groupby(category_of.loc[word_means.index].to_numpy()).mean()
+    for c in CATEGORIES:
+        np.testing.assert_allclose(saved[f"mean_{c}"], by_category.loc[c].to_numpy(), rtol=1e-4, atol=1e-5)
+    # no unit labelled selective has a control category at or above its concept's mean
+    selective = saved[saved.selective.astype(bool)]
+    assert len(selective) >= 1, "a trained SAE should have some selective features on 10 words per category"
+    recomputed = by_category.loc[list(CATEGORIES)].to_numpy()[:, selective.feature.to_numpy()]
+    concept_best = recomputed[: len(CONCEPTS)].max(0)
+    control_best = recomputed[len(CONCEPTS):].max(0)
+    assert (concept_best > control_best).all(), selective[["feature", "top_category"]]
+    assert set(selective.top_category) <= set(CONCEPTS)

@@ -9,13 +9,14 @@ import torch
 
 from monosem.bases import SAEBasis, compare_bases
 from monosem.config import RunConfig
+from monosem.criterion import Criterion
 from monosem.model import ModelSpec
 from monosem.paths import model_paths
 from monosem.results import build_summary, write_summary
 from monosem.runtime import set_seed
 from monosem.sae.saelens import save_sae
 from monosem.sae.train import train_sae
-from monosem.stats import feature_statistics
+from monosem.scorecard import unit_table
 from monosem.testing import synthetic_activations
 
 PRESETS = {"reference": {}, "l1": {"expansion": 2}, "topk": {"expansion": 2, "k": 4, "dead_steps": 10},
@@ -60,15 +61,15 @@ def test_same_seed_same_sae_bytes(tokens, preset, tmp_path):
 
 def test_same_seed_same_statistics():
     df, acts = synthetic_activations(n_words=6, n_sent=3, n_units=40, selective=4, seed=0)
-    kwargs = {"n_perm": 60, "n_boot": 60, "n_splits": 6}
     set_seed(0)
-    a = feature_statistics(acts, df, seed=0, **kwargs)
+    a, _ = unit_table(acts, df, criterion=Criterion(n_splits=10, min_active_words=2, seed=0), n_boot=60)
     set_seed(0)
-    b = feature_statistics(acts, df, seed=0, **kwargs)
+    b, _ = unit_table(acts, df, criterion=Criterion(n_splits=10, min_active_words=2, seed=0), n_boot=60)
     assert a.equals(b)
-    c = feature_statistics(acts, df, seed=1, **kwargs)
+    c, _ = unit_table(acts, df, criterion=Criterion(n_splits=10, min_active_words=2, seed=1), n_boot=60)
     assert not a.equals(c), "the statistics ignore the seed"
-    assert a[["score", "top_concept", "auroc"]].equals(c[["score", "top_concept", "auroc"]]), "only the resampled columns depend on the seed"
+    same = ["score_reference", "top_concept_reference", "top_category", "n_active_words", "mean_colors"]
+    assert a[same].equals(c[same]), "only the resampled and split columns depend on the seed"
 
 
 class FixedSAEBasis(SAEBasis):
@@ -92,8 +93,33 @@ def test_same_inputs_same_summary_bytes(tmp_path):
     for run in ("a", "b"):
         set_seed(0)
         bases = [FixedSAEBasis("reference", {0: a, 2: b}), FixedSAEBasis("l1", {0: b, 2: a})]
-        comparison = compare_bases(bases, df, None, [0, 2], progress=False, seed=0, n_perm=40, n_boot=40, n_splits=4)  # type: ignore[arg-type]
-        summary = build_summary(cfg, spec, [0, 2], ["reference", "l1"], comparison, metrics)
+        comparison = compare_bases(bases, df, None, [0, 2], progress=False, criterion=Criterion(n_splits=10), n_boot=40)  # type: ignore[arg-type]
+        summary = build_summary(cfg, spec, [0, 2], ["reference", "l1"], comparison, metrics, Criterion.from_config(cfg))
         written.append(write_summary(model_paths(tmp_path / run, spec.used), summary).read_bytes())
     assert written[0] == written[1]
     assert b"seconds" not in written[0]
+
+
+def test_one_pass_training_from_the_store_writes_the_same_bytes_twice(gpt2_tiny, tmp_path):
+    """The streaming path (text order, shuffle buffer, every preset of a layer in one pass) is seeded end to end."""
+    from monosem.cache import load_or_extract_corpus
+    from monosem.corpus import background_texts
+    from monosem.sae.train import SAEJob, train_or_load_saes, training_plan
+    from monosem.store import ActivationStore
+
+    model, tok = gpt2_tiny
+    spec = ModelSpec("tiny", "tiny-gpt2", "/nowhere", "rev")
+    texts = background_texts(4000, "pydoc", words_per_text=30)
+    jobs = [SAEJob(p, 1, PRESETS[p]) for p in sorted(PRESETS)]
+    written = []
+    for run in ("a", "b", "c"):
+        set_seed(0)
+        mp = model_paths(tmp_path / run, spec.used)
+        init = load_or_extract_corpus(mp, spec, texts[:15], [1], model_and_tokenizer=(model, tok))
+        held = load_or_extract_corpus(mp, spec, texts[-8:], [1], model_and_tokenizer=(model, tok))
+        seed = 1 if run == "c" else 0
+        store = ActivationStore(model, tok, texts[15:-8], [1], batch_size=8, buffer_tokens=256, seed=seed)
+        train_or_load_saes(mp, spec, jobs, training_plan(STEPS * BATCH, BATCH, 256, 64, "cpu"), store, [init], held, "pydoc", seed=seed, progress=False)
+        written.append({p: (mp.sae(1, p) / "sae_weights.safetensors").read_bytes() for p in PRESETS})
+    assert written[0] == written[1], "two one-pass trainings with seed 0 wrote different sae_weights.safetensors"
+    assert all(written[2][p] != written[0][p] for p in PRESETS), "one-pass training ignores the seed"

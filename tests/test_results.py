@@ -11,6 +11,7 @@ import pytest
 
 from monosem.bases import Basis, Comparison, SAEBasis, compare_bases
 from monosem.config import MonosemError, RunConfig
+from monosem.criterion import Criterion
 from monosem.model import ModelSpec
 from monosem.paths import model_paths
 from monosem.results import (
@@ -26,12 +27,11 @@ from monosem.results import (
     write_selectivity_tables,
     write_summary,
 )
-from monosem.stats import feature_statistics
+from monosem.scorecard import SCORECARD_KEYS, unit_table
 from monosem.testing import synthetic_activations
 
 SPEC = ModelSpec("bundled", "sentence-transformers/all-MiniLM-L6-v2", "/nowhere", "sha256:0123456789abcdef")
 OTHER = ModelSpec("gpt2-medium", "gpt2-medium", "gpt2-medium", "abc")
-STAT_KWARGS = {"n_perm": 40, "n_boot": 40, "n_splits": 4}
 
 
 class FakeSAEBasis(SAEBasis):
@@ -61,7 +61,7 @@ def synthetic_comparison(seed: int = 0) -> tuple[pd.DataFrame, Comparison]:
     df, a = synthetic_activations(n_words=5, n_sent=3, n_units=12, selective=3, seed=1)
     _, b = synthetic_activations(n_words=5, n_sent=3, n_units=12, selective=0, seed=2)
     bases = [FakeSAEBasis("reference", {0: a, 2: b}), FakeSAEBasis("l1", {0: b, 2: a}), FakeBasis({0: a, 2: b})]
-    return df, compare_bases(bases, df, None, [0, 2], progress=False, seed=seed, **STAT_KWARGS)  # type: ignore[arg-type]
+    return df, compare_bases(bases, df, None, [0, 2], progress=False, criterion=Criterion(n_splits=10, seed=seed), n_boot=40)  # type: ignore[arg-type]
 
 
 def metrics(mse: float) -> dict:
@@ -74,8 +74,9 @@ SAE_METRICS = {p: {str(L): metrics(0.1 * (L + 1)) for L in (0, 2)} for p in ("re
 
 
 def make_summary(spec: ModelSpec = SPEC, preset: str = "reference") -> Summary:
-    return Summary(spec.asked, spec.used, spec.revision, [0, 2], 0.6, 0.05, "mean", preset, 100, 100, 5, 0,
-                   {"0": {"n_features": 12, "n_monosemantic": 1}}, {preset: {"0": {"n_features": 12}}}, {"0": {"residual ±": {"n_units": 24}}})
+    return Summary(spec.asked, spec.used, spec.revision, [0, 2], 0.6, 0.05, "mean", preset, 100, 100, 5, 0, Criterion().describe(),
+                   {"0": {"n_features": 12, "n_monosemantic": 1}}, {preset: {"0": {"n_features": 12}}}, {"residual ±": {"0": {"n_units": 24}}},
+                   {"lines": ["Layer 0: found 1 monosemantic features"]})
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def test_summary_round_trip(mp):
 
 
 def test_sae_metrics_round_trip(mp):
-    record = SaeMetricsFile(SPEC.asked, SPEC.used, 200, 64, 3, SAE_METRICS)
+    record = SaeMetricsFile(SPEC.asked, SPEC.used, "wordnet", 200 * 64, 64, 3, SAE_METRICS)
     path = write_sae_metrics(mp, record)
     assert path == mp.results / "sae_metrics.json"
     assert read_sae_metrics(mp, SPEC) == record
@@ -109,7 +110,7 @@ def test_read_sae_metrics_when_missing_is_none(mp):
 
 def test_read_sae_metrics_of_another_model_raises(tmp_path):
     mp = model_paths(tmp_path, SPEC.used)
-    write_sae_metrics(mp, SaeMetricsFile(OTHER.asked, OTHER.used, 200, 64, 0, SAE_METRICS))
+    write_sae_metrics(mp, SaeMetricsFile(OTHER.asked, OTHER.used, "wordnet", 200 * 64, 64, 0, SAE_METRICS))
     with pytest.raises(MonosemError, match="gpt2-medium"):
         read_sae_metrics(mp, SPEC)
 
@@ -147,13 +148,13 @@ def test_read_summary_missing_or_malformed(mp):
 def test_selectivity_tables_go_under_the_preset_folder_and_round_trip(mp):
     df, acts = synthetic_activations(n_words=4, n_sent=2, n_units=10, selective=2)
     acts[:, 7] = 0.0  # a dead unit: top_concept ''
-    table = feature_statistics(acts, df, **STAT_KWARGS)
+    table = unit_table(acts, df, criterion=Criterion(n_splits=10), n_boot=40)[0]
     paths = write_selectivity_tables(mp, "l1", {0: table, 3: table})
     assert paths == [mp.results / "l1" / "selectivity_layer_0.csv", mp.results / "l1" / "selectivity_layer_3.csv"]
     assert all(p.is_file() for p in paths)
     back = read_selectivity_tables(mp, "l1", [0, 3])
     assert list(back) == [0, 3]
-    assert back[0].loc[7, "top_concept"] == ""
+    assert back[0].loc[7, "top_category"] == "" and back[0].loc[7, "top_concept_reference"] == ""
     pd.testing.assert_frame_equal(back[0], table, check_exact=False, rtol=1e-5, atol=1e-7, check_dtype=False)
     with pytest.raises(MonosemError, match="03_selectivity"):
         read_selectivity_tables(mp, "reference", [0])  # another preset's tables were never written
@@ -161,7 +162,7 @@ def test_selectivity_tables_go_under_the_preset_folder_and_round_trip(mp):
 
 def test_preset_names_cannot_escape_the_results_folder(mp):
     df, acts = synthetic_activations(n_words=2, n_sent=2, n_units=4)
-    (path,) = write_selectivity_tables(mp, "../../evil", {1: feature_statistics(acts, df, **STAT_KWARGS)})
+    (path,) = write_selectivity_tables(mp, "../../evil", {1: unit_table(acts, df, criterion=Criterion(n_splits=10), n_boot=40)[0]})
     assert mp.results in path.parents and path.name == "selectivity_layer_1.csv"
 
 
@@ -194,7 +195,7 @@ def _keys(obj) -> set[str]:
 def test_build_summary_has_no_timing_anywhere():
     _, comparison = synthetic_comparison()
     cfg = RunConfig.from_env(environ={}, layers=(0, 2), sae_presets=("reference", "l1"), sae_preset="l1")
-    summary = build_summary(cfg, SPEC, [0, 2], ["reference", "l1"], comparison, SAE_METRICS)
+    summary = build_summary(cfg, SPEC, [0, 2], ["reference", "l1"], comparison, SAE_METRICS, Criterion.from_config(cfg))
     out = summary.to_json()
     found = _keys(out) & set(TIMING_KEYS)
     assert not found, f"timing keys {found} in summary.json"
@@ -202,7 +203,9 @@ def test_build_summary_has_no_timing_anywhere():
     assert out["per_layer"] == out["presets"]["l1"]
     assert out["presets"]["l1"]["0"]["mse"] == SAE_METRICS["l1"]["0"]["mse"]
     assert out["presets"]["reference"]["2"]["n_features"] == 12
-    assert set(out["baselines"]["0"]) == {"SAE (reference)", "SAE (l1)", "residual ±"}
+    assert set(out["scorecard"]) == {"SAE (reference)", "SAE (l1)", "residual ±"} and set(out["scorecard"]["residual ±"]) == {"0", "2"}
+    assert set(out["scorecard"]["SAE (l1)"]["2"]) == set(SCORECARD_KEYS)
+    assert out["criterion"]["min_replication"] == cfg.min_replication and out["criterion"]["frames"] == "neutral"
     assert (out["model_used"], out["layers"], out["threshold"]) == (SPEC.used, [0, 2], cfg.threshold)
     json.dumps(out)  # JSON-serialisable
 
@@ -210,7 +213,7 @@ def test_build_summary_has_no_timing_anywhere():
 def test_written_summary_round_trips(tmp_path):
     _, comparison = synthetic_comparison()
     cfg = RunConfig.from_env(environ={}, layers=(0, 2), sae_presets=("reference", "l1"))
-    summary = build_summary(cfg, SPEC, [0, 2], ["reference", "l1"], comparison, SAE_METRICS)
+    summary = build_summary(cfg, SPEC, [0, 2], ["reference", "l1"], comparison, SAE_METRICS, Criterion.from_config(cfg))
     mp = model_paths(Path(tmp_path), SPEC.used)
     write_summary(mp, summary)
     back = read_summary(mp, SPEC, preset="reference")

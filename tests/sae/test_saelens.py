@@ -254,7 +254,8 @@ def test_notebooks_03_and_04_analyse_a_saelens_folder(tmp_path, sae_lens):
     results = tmp_path / "data" / "results" / "sentence-transformers--all-MiniLM-L6-v2"
     summary = json.loads((results / "summary.json").read_text())
     assert summary["sae_preset"] == "external" and summary["layers"] == [1, 2]
-    assert set(summary["baselines"]["1"]) >= {"SAE (external)", "residual ±", "MLP neurons", "untrained SAE (external)"}
+    assert set(summary["scorecard"]) >= {"SAE (external)", "residual ±", "MLP neurons", "untrained SAE (external)"}
+    assert set(summary["scorecard"]["SAE (external)"]) == {"1", "2"}
     assert {p.name for p in (results / "external").iterdir()} >= {"selectivity_layer_1.csv", "selectivity_layer_2.csv"}
     exported = list((results / "features").glob("layer_2_feature_*.json"))
     assert exported and "top_contexts" in json.loads(exported[0].read_text())

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from monosem.cache import load_or_extract_concepts, load_or_extract_corpus
+from monosem.criterion import Criterion
 from monosem.paths import model_paths
 from monosem.sae.train import encode_all, train_sae
-from monosem.selectivity import selectivity_table
+from monosem.scorecard import unit_table
 from monosem.viz.dashboard import FeatureDashboard, build_dashboards, dashboard_html, feature_token_acts
 
 
@@ -22,7 +23,7 @@ def test_dashboard_data_html_escaping_and_export(bundled, concepts, data_dir):
     bg = load_or_extract_corpus(mp, spec, texts, [1], model_and_tokenizer=(model, tok))
     sae, _, _ = train_sae(cache.tokens(1), "topk", steps=30, batch_size=32, progress=False, expansion=1, k=16)
     ex_acts = encode_all(sae, cache.word(1)).numpy()
-    table = selectivity_table(ex_acts, df)
+    table, _ = unit_table(ex_acts, df, criterion=Criterion(n_splits=10), n_boot=50)
     feature = int(np.argmax(ex_acts.max(0)))
     sources = {1: [("concept sentences", cache, df.sentence.tolist()), ("background", bg, texts)]}
     boards = build_dashboards("m", {1: [feature]}, {1: sae}, sources, tok, df, {1: ex_acts}, {1: table})
@@ -32,7 +33,8 @@ def test_dashboard_data_html_escaping_and_export(bundled, concepts, data_dir):
     np.testing.assert_allclose(values, full, atol=1e-5)
     assert d["density"] == pytest.approx((full > 0).mean()) and sum(d["histogram"]["counts"]) == (full > 0).sum()
     assert d["top_contexts"][0]["max_value"] == pytest.approx(full.max(), rel=1e-5)
-    assert set(d["category_means"]) == {"numbers", "emotions", "actions", "colors", "animals"} and d["stats"]["score"] == pytest.approx(table.score[feature])
+    assert set(d["category_means"]) == {"numbers", "emotions", "actions", "colors", "animals"} and d["stats"]["score_reference"] == pytest.approx(table.score_reference[feature])
+    assert d["stats"]["top_category"] == table.top_category[feature] and set(d["stats"]) >= {"selective", "replication", "auroc_heldout"}
     # HTML: a context containing <script> shows as text
     html_page = dashboard_html({**d, "top_contexts": [{"source": "background", "text": texts[0], "tokens": ["<script>", "alert"], "values": [1.0, 0.5], "max_value": 1.0}]})
     assert "<script>" not in html_page and "&lt;script&gt;" in html_page

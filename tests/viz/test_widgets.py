@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from monosem.config import MonosemError
-from monosem.selectivity import selectivity_table, top_words, word_means
+from monosem.criterion import Criterion
+from monosem.scorecard import unit_table
+from monosem.selectivity import top_words, word_means
 from monosem.testing import toy_concepts
 from monosem.viz.widgets import SelectivityExplorer, WordExplorer, explorer_view
 
@@ -14,15 +16,20 @@ def tables():
     out = {}
     for L in (0, 1, 2):
         feats = rng.exponential(size=(len(df), 40)) * (rng.random((len(df), 40)) < 0.3 + 0.2 * L)
-        out[L] = selectivity_table(feats, df)
+        feats[df.concept.eq("colors").to_numpy(), :3] += 5.0  # three colour units: selective
+        out[L], _ = unit_table(feats, df, criterion=Criterion(n_splits=10, min_active_words=2), n_boot=50)
     return out
 
 
 def test_explorer_view_is_pure_and_consistent(tables):
     v = explorer_view(tables, 1, 0.6)
-    assert v["count"] == int((tables[1].score > 0.6).sum()) == len(v["indices"])
+    assert v["count"] == int((tables[1].score_reference > 0.6).sum()) == len(v["indices"])
+    assert v["count_selective"] == int(tables[1].selective.sum()) >= 3
     assert sum(sum(d["y"]) for d in v["hists"].values()) == 40
-    assert sum(v["hists"]["at or below threshold"]["y"]) == 40 - v["count"]
+    assert sum(v["hists"]["selective (final label)"]["y"]) == v["count_selective"]
+    below = (tables[1].score_reference <= 0.6) & ~tables[1].selective
+    assert sum(v["hists"]["at or below threshold, not selective"]["y"]) == int(below.sum())
+    assert "selective (final label)" in v["html"] and f"{v['count']} features above the threshold" in v["html"]
     assert explorer_view(tables, 1, 0.6) == v
     with pytest.raises(MonosemError):
         explorer_view(tables, 7, 0.6)
@@ -35,14 +42,14 @@ def test_threshold_and_layer_sliders_update_the_figure(tables):
     assert ex.layer.description == "layer" and ex.threshold.description == "threshold"
     count0, title0, y0 = ex.count, ex.figure.layout.title.text, tuple(ex.figure.data[0].y)
     ex.threshold.value = 0.3
-    assert ex.count == int((tables[0].score > 0.3).sum()) and ex.count > count0
+    assert ex.count == int((tables[0].score_reference > 0.3).sum()) and ex.count > count0 and ex.count_selective == int(tables[0].selective.sum())
     assert tuple(ex.figure.data[0].y) != y0  # fewer features at or below the lower threshold
     assert ex.figure.layout.shapes[0].x0 == 0.3 and ex.figure.layout.title.text != title0
     assert "0.30" in ex.listing.value
     y1 = tuple(ex.figure.data[0].y) + tuple(ex.figure.data[1].y)
     ex.layer.value = 2
     assert tuple(ex.figure.data[0].y) + tuple(ex.figure.data[1].y) != y1 and "layer 2" in ex.figure.layout.title.text
-    assert ex.count == int((tables[2].score > 0.3).sum())
+    assert ex.count == int((tables[2].score_reference > 0.3).sum())
 
 
 def test_word_explorer_layer_and_feature(tables):
