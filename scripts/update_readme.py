@@ -1,25 +1,30 @@
-"""Rewrite the generated blocks of README.md: the settings table (from ``monosem.config.RunConfig``).
+"""Rewrite the generated blocks of README.md: the settings table (from ``monosem.config.RunConfig``) and, given a
+run's summary.json, the findings block (from ``monosem.report.readme_findings``).
 
-    python scripts/update_readme.py          # rewrite README.md in place
-    python scripts/update_readme.py --check  # exit 1 if README.md is out of date
+    python scripts/update_readme.py                                   # rewrite the settings table
+    python scripts/update_readme.py --findings data/results/<model>/summary.json   # and the findings of that run
+    python scripts/update_readme.py --check                           # exit 1 if the settings table is out of date
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
 
 from monosem.config import settings_table_markdown
+from monosem.report import readme_findings
+from monosem.results import Summary
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = {"settings": settings_table_markdown}
 
 
-def render(text: str) -> str:
-    """``text`` with every ``<!-- NAME:start -->...<!-- NAME:end -->`` block regenerated."""
-    for name, make in BLOCKS.items():
+def render(text: str, blocks: dict | None = None) -> str:
+    """``text`` with every ``<!-- NAME:start -->...<!-- NAME:end -->`` block of ``blocks`` regenerated."""
+    for name, make in (blocks or BLOCKS).items():
         pattern = re.compile(rf"(<!-- {name}:start -->\n)(?:.*?\n)?(<!-- {name}:end -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> block")
@@ -31,9 +36,14 @@ def render(text: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    parser.add_argument("--findings", type=Path, help="a run's summary.json: regenerate the findings block from it")
     args = parser.parse_args()
     old = README.read_text(encoding="utf-8")
-    new = render(old)
+    blocks = dict(BLOCKS)
+    if args.findings:
+        summary = Summary(**json.loads(args.findings.read_text(encoding="utf-8")))
+        blocks["findings"] = lambda: readme_findings(summary)
+    new = render(old, blocks)
     if args.check:
         if new != old:
             print("README.md is out of date: run `python scripts/update_readme.py`", file=sys.stderr)
