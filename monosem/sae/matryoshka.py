@@ -22,12 +22,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn.functional import embedding_bag
 
 from monosem.config import MonosemError
 from monosem.sae.base import LossParts, TrainState
 from monosem.sae.jumprelu import JumpReLUSAE
-from monosem.sae.sparse import auxk_loss, chosen_pre, encoder_input
+from monosem.sae.sparse import argsort_distinct, auxk_loss, encoder_input, sparse_code
 
 TRAINING_KEYS = ("k", "matryoshka_widths", "topk_threshold_lr")  # what SAELens keeps in metadata.training_architecture_details
 
@@ -37,30 +36,35 @@ def batch_topk(pre: Tensor, k: float) -> tuple[Tensor, Tensor, Tensor]:
     (rows, cols, values) [m] in row-major order.
 
     Exact, without a top-k over all n·d_sae entries: each row's 2k largest are candidates; a row whose
-    candidates all clear the batch threshold may hide more, so its whole row joins and the selection is redone
-    (the threshold can only rise, so the other rows stay complete).
+    candidates all clear the batch threshold may hide more, so its candidates widen (x4) and the selection is redone
+    until no row is saturated (the threshold can only rise, so rows that were complete stay complete).
     """
     n, d_sae = pre.shape
     m = max(1, int(k * n))
-    c = min(d_sae, 2 * math.ceil(k))
+    width = min(d_sae, 2 * math.ceil(k))
     with torch.no_grad():
-        cand_v, cand_i = pre.topk(c, dim=1, sorted=False)  # [n, c]
-        top_v, top_j = cand_v.flatten().topk(m, sorted=False)
+        cand_v, cand_i = pre.topk(width, dim=1, sorted=False)  # [n, width]
+        values, rows, cols = cand_v.flatten(), torch.arange(n, device=pre.device).repeat_interleave(width), cand_i.flatten()
         row_min = cand_v.min(1).values
-        saturated = (row_min >= top_v.min()) & (row_min > 0) if c < d_sae else torch.zeros_like(row_min, dtype=torch.bool)
-        full_rows = saturated.nonzero().squeeze(1)
-        if full_rows.numel() == 0:
-            rows, cols = top_j // c, cand_i.flatten()[top_j]
-        else:
-            kept = (~saturated).nonzero().squeeze(1)
-            values = torch.cat([cand_v[kept].flatten(), pre[full_rows].flatten()])
-            all_rows = torch.cat([kept.repeat_interleave(c), full_rows.repeat_interleave(d_sae)])
-            all_cols = torch.cat([cand_i[kept].flatten(), torch.arange(d_sae, device=pre.device).repeat(full_rows.numel())])
+        complete = torch.full((n,), width == d_sae, device=pre.device)
+        while True:
             top_v, top_j = values.topk(m, sorted=False)
-            rows, cols = all_rows[top_j], all_cols[top_j]
+            saturated = (row_min >= top_v.min()) & (row_min > 0) & ~complete
+            widen = saturated.nonzero().squeeze(1)
+            if widen.numel() == 0:
+                break
+            width = min(d_sae, 4 * width)  # only rows widened last time can be saturated now, so they all had the old width
+            sub_v, sub_i = pre[widen].topk(width, dim=1, sorted=False)
+            others = ~saturated[rows]
+            values = torch.cat([values[others], sub_v.flatten()])
+            rows = torch.cat([rows[others], widen.repeat_interleave(width)])
+            cols = torch.cat([cols[others], sub_i.flatten()])
+            row_min[widen] = sub_v.min(1).values
+            complete[widen] = width == d_sae
+        rows, cols = rows[top_j], cols[top_j]
         positive = top_v > 0
         rows, cols, top_v = rows[positive], cols[positive], top_v[positive]
-        order = torch.argsort(rows * d_sae + cols)
+        order = argsort_distinct(rows * d_sae + cols)
         return rows[order], cols[order], top_v[order]
 
 
@@ -166,20 +170,20 @@ class MatryoshkaBatchTopKSAE(JumpReLUSAE):
         n, levels = x.shape[0], len(self.widths)
         x_in, pre = encoder_input(self, x)
         rows, cols, top = batch_topk(pre, self.k)
-        vals = chosen_pre(self, x_in, top, rows, cols)  # all positive: the ReLU is the identity here
         level = torch.bucketize(cols, torch.tensor(self.widths[:-1], device=x.device), right=True)
         bag = rows * levels + level  # non-decreasing: entries are row-major and levels grow with the latent index
-        offsets = torch.zeros(n * levels, dtype=torch.int64, device=x.device)
-        offsets[1:] = torch.bincount(bag, minlength=n * levels).cumsum(0)[:-1]
-        parts = embedding_bag(cols, self.W_dec, offsets, per_sample_weights=vals, mode="sum").view(n, levels, self.d_in)
-        x_hats = parts.cumsum(1) + self.b_dec  # [n, levels, d_in]: the reconstruction of each prefix
-        errors = (x_hats - x.unsqueeze(1)).pow(2).sum(-1).mean(0)  # [levels]
+        parts = sparse_code(self, x_in, top, rows, cols, bag, n * levels).view(n, levels, self.d_in)  # each level's own part
+        error = self.b_dec - x  # [n, d_in]: x_hat - x of the empty prefix; each level adds its part
+        level_errors = []
+        for part in parts.unbind(1):
+            error = error + part
+            level_errors.append(error.pow(2).sum(-1).mean())
+        errors = torch.stack(level_errors)  # [levels]
         fired = torch.zeros(self.d_sae, device=x.device).index_fill_(0, cols, 1.0) > 0
         sparsity = torch.zeros((), device=x.device)
         if state.any_dead:
             aux_k = min(cfg.get("aux_k") or self.d_in // 2, self.d_sae)
-            residual = (x - x_hats[:, -1]).detach()
-            sparsity = auxk_loss(self, x_in, pre, residual, state.since_fired > cfg["dead_steps"], aux_k)
+            sparsity = auxk_loss(self, x_in, pre, -error.detach(), state.since_fired > cfg["dead_steps"], aux_k)
         with torch.no_grad():
             smallest = top.min() if top.numel() else torch.zeros((), device=x.device)
             if state.step == 0:

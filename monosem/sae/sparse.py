@@ -5,14 +5,15 @@ depends on the chosen entries only. Dense autograd still spends a second [n, d_i
 on ``dW_enc`` (almost all zeros); here the chosen entries carry the graph instead (as OpenAI's TopK kernels
 do), and the backward pass touches only their encoder columns:
 
-- ``chosen_pre``: pre-activations at chosen (token, latent) entries; backward = a latent-major sparse
-  matrix [d_sae, n] times the encoder input, ``db_enc`` by latent, ``db_dec`` through ``W_enc``.
+- ``sparse_code``: the decode of chosen (token, latent) entries (``embedding_bag``: only their rows of W_dec are
+  read). Backward: the gradient of each entry's activation is a sampled product (grad_out[token] . W_dec[latent]);
+  with the entries in latent-major order, ``dW_dec`` and ``dW_enc`` are sparse [d_sae, n] matrices times grad_out
+  and times the encoder input; ``db_enc`` sums by latent, ``db_dec`` goes back through ``W_enc``.
 - ``column_pre``: pre-activations of a few whole columns (the dead latents of AuxK); backward = a dense
   matmul over those columns only.
 - ``auxk_loss``: OpenAI's AuxK loss on top of ``column_pre``.
 
-The decode stays sparse through ``embedding_bag`` (only the chosen rows of W_dec are read and receive
-gradients). Results equal dense autograd up to float rounding (``tests/sae/test_sparse.py``).
+Results equal dense autograd up to float rounding (``tests/sae/test_sparse.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.functional import embedding_bag
@@ -34,47 +36,58 @@ def encoder_input(sae: "SAE", x: Tensor) -> tuple[Tensor, Tensor]:
     inference would."""
     with torch.no_grad():
         x_in = x - sae.b_dec if sae.apply_b_dec_to_input else x
-        return x_in, x_in @ sae.W_enc + sae.b_enc
+        pre = x_in @ sae.W_enc
+        return x_in, pre.add_(sae.b_enc)  # in place: the same sum as SAELens's, without a second [n, d_sae] buffer
 
 
-def latent_major(rows: Tensor, cols: Tensor, values: Tensor, d_sae: int, n: int) -> Tensor:
-    """The entries ``values[e]`` at (token ``rows[e]``, latent ``cols[e]``) as a CSR matrix [d_sae, n] whose rows are
-    latents. Each latent's entries keep their given order, so the sums in the product are deterministic."""
-    n_entries = cols.numel()
-    key = cols * n_entries + torch.arange(n_entries, device=cols.device)  # unique keys: any sort gives the same order
-    order = torch.argsort(key)
-    crow = torch.zeros(d_sae + 1, dtype=torch.int64, device=cols.device)
-    crow[1:] = torch.bincount(cols, minlength=d_sae).cumsum(0)
+def argsort_distinct(key: Tensor) -> Tensor:
+    """Indices that sort ``key`` (distinct int64 values); numpy on the CPU, whose single-threaded sort keeps its speed
+    on a busy machine where torch's parallel sort can take 100x longer."""
+    if key.device.type == "cpu":
+        return torch.from_numpy(np.argsort(key.numpy()))
+    return torch.argsort(key)
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
     with warnings.catch_warnings():  # "sparse CSR tensor support is in beta": CSR x dense is all this uses
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, rows[order], values[order], (d_sae, n), check_invariants=False)
+        return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
 
 def _enc_tensors(sae: "SAE") -> tuple[Tensor, Tensor, Tensor | None]:
     return sae.W_enc, sae.b_enc, sae.b_dec if sae.apply_b_dec_to_input else None
 
 
-class _ChosenPre(torch.autograd.Function):
-    """values [m] = pre[rows, cols], with the sparse backward described in the module docstring."""
+class _SparseCode(torch.autograd.Function):
+    """The decoded output [n_out, d_in] = sum over the entries e of each output row of relu(top[e]) * W_dec[cols[e]],
+    with the sparse backward described in the module docstring (one latent-major ordering serves W_dec and W_enc)."""
 
     @staticmethod
-    def forward(ctx: Any, values: Tensor, x_in: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, rows: Tensor, cols: Tensor) -> Tensor:
-        ctx.save_for_backward(x_in, W_enc, rows, cols)
+    def forward(ctx: Any, top: Tensor, x_in: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, W_dec: Tensor, tok_rows: Tensor,
+                out_rows: Tensor, cols: Tensor, n_out: int) -> Tensor:
+        acts = top.relu()
+        offsets = torch.zeros(n_out + 1, dtype=torch.int64, device=cols.device)
+        offsets[1:] = torch.bincount(out_rows, minlength=n_out).cumsum(0)  # out_rows is sorted: entries come row by row
+        ctx.save_for_backward(x_in, W_enc, W_dec, acts, tok_rows, out_rows, cols, offsets)
         ctx.with_b_dec = b_dec is not None
-        return values.clone()
+        return embedding_bag(cols, W_dec, offsets[:-1], per_sample_weights=acts, mode="sum")
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x_in, W_enc, rows, cols = ctx.saved_tensors
-        d_sae = W_enc.shape[1]
-        grad = grad.contiguous()
-        dW_enc = db_dec = None
-        if ctx.needs_input_grad[2]:
-            dW_enc = (latent_major(rows, cols, grad, d_sae, x_in.shape[0]) @ x_in).t()  # [d_in, d_sae]; zero where no token chose a latent
-        db_enc = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
-        if ctx.with_b_dec and ctx.needs_input_grad[4]:
-            db_dec = -(W_enc @ db_enc)
-        return None, None, dW_enc, db_enc, db_dec, None, None
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x_in, W_enc, W_dec, acts, tok_rows, out_rows, cols, offsets = ctx.saved_tensors
+        d_sae, n_out = W_dec.shape[0], grad_out.shape[0]
+        grad_out = grad_out.contiguous()
+        pattern = _csr(offsets, cols, torch.zeros_like(acts), (n_out, d_sae))
+        grad_acts = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.t(), beta=0.0).values()  # grad_out[row] . W_dec[col], per entry
+        grad_pre = grad_acts * (acts > 0)
+        order = argsort_distinct(cols * cols.numel() + torch.arange(cols.numel(), device=cols.device))  # latent-major; unique keys
+        crow = torch.zeros(d_sae + 1, dtype=torch.int64, device=cols.device)
+        crow[1:] = torch.bincount(cols, minlength=d_sae).cumsum(0)
+        dW_dec = _csr(crow, out_rows[order], acts[order], (d_sae, n_out)) @ grad_out  # [d_sae, d_in]; zero rows for unused latents
+        dW_enc = (_csr(crow, tok_rows[order], grad_pre[order], (d_sae, x_in.shape[0])) @ x_in).t()  # [d_in, d_sae]
+        db_enc = torch.zeros(d_sae, dtype=grad_pre.dtype, device=grad_pre.device).index_add_(0, cols, grad_pre)
+        db_dec = -(W_enc @ db_enc) if ctx.with_b_dec else None
+        return None, None, dW_enc, db_enc, db_dec, dW_dec, None, None, None, None
 
 
 class _ColumnPre(torch.autograd.Function):
@@ -99,11 +112,15 @@ class _ColumnPre(torch.autograd.Function):
         return None, None, dW_enc, db_enc, db_dec, None
 
 
-def chosen_pre(sae: "SAE", x_in: Tensor, values: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """``values`` [m] (= pre[rows, cols], computed without a graph) attached to the graph of ``sae``'s encoder, so
-    that backward gives W_enc, b_enc (and b_dec) gradients at the chosen latents only."""
+def sparse_code(sae: "SAE", x_in: Tensor, top: Tensor, tok_rows: Tensor, cols: Tensor, out_rows: Tensor | None = None, n_out: int | None = None) -> Tensor:
+    """The decode without b_dec [n_out, d_in] of the chosen entries: token ``tok_rows[e]``, latent ``cols[e]``,
+    activation relu(``top[e]``) (= pre[tok_rows, cols], computed without a graph), summed into output row
+    ``out_rows[e]`` (default: the token; entries sorted by it). Backward gives W_enc, b_enc (and b_dec) gradients at the
+    chosen latents only, and W_dec gradients at their rows."""
     W_enc, b_enc, b_dec = _enc_tensors(sae)
-    return _ChosenPre.apply(values, x_in, W_enc, b_enc, b_dec, rows, cols)  # type: ignore[no-any-return]
+    out_rows = tok_rows if out_rows is None else out_rows
+    n_out = x_in.shape[0] if n_out is None else n_out
+    return _SparseCode.apply(top, x_in, W_enc, b_enc, b_dec, sae.W_dec, tok_rows, out_rows, cols, n_out)  # type: ignore[no-any-return]
 
 
 def column_pre(sae: "SAE", x_in: Tensor, pre: Tensor, cols: Tensor) -> Tensor:

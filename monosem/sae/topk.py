@@ -6,11 +6,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn.functional import embedding_bag
 
 from monosem.config import MonosemError
 from monosem.sae.base import SAE, LossParts, TrainState
-from monosem.sae.sparse import auxk_loss, chosen_pre, encoder_input
+from monosem.sae.sparse import auxk_loss, encoder_input, sparse_code
 
 
 class TopKSAE(SAE):
@@ -60,8 +59,7 @@ class TopKSAE(SAE):
         x_in, pre = encoder_input(self, x)
         top, idx = pre.topk(self.k, dim=-1, sorted=False)
         rows = torch.arange(n, device=x.device).repeat_interleave(self.k)
-        vals = chosen_pre(self, x_in, top.flatten(), rows, idx.flatten()).view(n, self.k).relu()
-        x_hat = embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
+        x_hat = sparse_code(self, x_in, top.flatten(), rows, idx.flatten()) + self.b_dec
         fired = torch.zeros(self.d_sae, device=x.device).index_fill_(0, idx[top > 0], 1.0) > 0
         rec = (x_hat - x).pow(2).sum(-1).mean()
         sparsity = torch.zeros((), device=x.device)

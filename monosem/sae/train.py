@@ -148,7 +148,7 @@ def train_sae(acts: Tensor | TokenSource, preset: str = "reference", steps: int 
     sae, cfg = init_sae(source, preset, gen, seed, **overrides)
     scale = cfg.get("input_scale", 1.0)
     sae.to(device)
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg["lr"])
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg["lr"], fused=torch.device(device).type in ("cpu", "cuda"))  # one kernel, ~5x faster
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps, cfg["lr_warmup"], cfg["lr_decay"]))
     state = TrainState(0, steps, cfg, torch.zeros(sae.d_sae, device=device))
     losses = torch.zeros(steps, 3, device=device)
