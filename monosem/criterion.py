@@ -7,7 +7,9 @@ categories, so no frame can carry a category; see scripts/make_concepts.py). For
 
 - discovery: the unit's top category ``t`` is the argmax of the 8 category means on half D;
 - confirmation, on the other half C only: ``t`` is again the argmax, and a one-sided Mann–Whitney
-  test of t's words against all other words (controls included) gives p < alpha.
+  test of t's words against all other words (controls included) is significant at false discovery
+  rate alpha over the units of the basis (Benjamini–Hochberg across units, per split), so that the
+  most extreme of thousands of null units is not confirmed by chance.
 
 ``replication`` is the share of splits in which the unit's overall top category is discovered and
 confirmed. ``selective`` requires the top category to be a concept, ``replication >= min_replication``
@@ -120,6 +122,20 @@ def ranks_and_ties(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ranks.T, sizes.T
 
 
+def bh_qvalues(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg q-values of p-values [n] (monotone, capped at 1)."""
+    p = np.asarray(p, dtype=np.float64)
+    n = len(p)
+    if n == 0:
+        return p
+    order = np.argsort(p)
+    ranked = p[order] * n / np.arange(1, n + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
 def split_halves(category: np.ndarray, n_splits: int, seed: int = 0) -> np.ndarray:
     """Discovery masks [n_splits, n_words]: a random half (rounded down) of each category's words, per split."""
     rng = np.random.default_rng(seed)
@@ -163,7 +179,7 @@ def replicate(wd: WordData, n_categories: int, criterion: Criterion = Criterion(
                 discovered[s] = (t >= 0) & (t < wd.n_concepts) & (p < criterion.alpha)
             else:
                 held_top = top_of(category_means(means, wd.category, n_cat, rows))
-                confirmed[s] = (t >= 0) & (held_top == t) & (p < criterion.alpha)
+                confirmed[s] = (t >= 0) & (held_top == t) & (bh_qvalues(p) < criterion.alpha)
                 positive_top = wd.category[rows][:, None] == top[None, :]
                 aurocs[s] = mann_whitney_greater(means[rows], positive_top, ranked)[0]
         replicated[s] = confirmed[s] & (t == top)
