@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -32,8 +34,9 @@
 # **Previous:** [02 · Train SAEs](02_train_sae.ipynb) · **Next:** [04 · Word-level exploration](04_word_level_exploration.ipynb)
 
 # %%
-import helpers as h
 import pandas as pd
+
+import helpers as h
 
 # %% tags=["parameters"]
 OVERRIDES: dict = {}  # e.g. {"threshold": 0.8}; anything not set here comes from MONOSEM_* variables or the defaults
