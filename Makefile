@@ -6,9 +6,21 @@ MODEL ?=
 STAMP := $(VENV)/.setup-stamp
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: setup run test lint readme sync e2e bench lab
+.PHONY: setup wordnet run test lint readme sync e2e bench lab
 
-setup: $(STAMP)
+setup: $(STAMP) wordnet
+
+# The offline general-English corpus (WordNet 3.0 glosses and examples): Debian's wordnet-base, installed with
+# apt as root. Without it the SAEs train on Python's docs (pydoc), and a banner in the notebooks says so.
+WORDNET_MISSING := the SAEs will train on the pydoc fallback corpus (an orange banner says so)
+wordnet:
+	@if [ -f /usr/share/wordnet/data.noun ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wordnet-base) \
+	    || echo "make setup: apt could not install wordnet-base; $(WORDNET_MISSING)"; \
+	else \
+	  echo "make setup: WordNet is not installed, and installing Debian's wordnet-base needs apt and root: run 'sudo apt-get install wordnet-base'; until then $(WORDNET_MISSING)"; \
+	fi
 
 # Re-installs only when pyproject.toml changes; creates the venv if missing.
 $(STAMP): pyproject.toml

@@ -9,13 +9,13 @@ dashboards. Tests, benchmarks and scripts import ``monosem`` directly.
 
 from __future__ import annotations
 
-from monosem.activations import position_norms, word_token_check
+from monosem.activations import count_tokens, position_norms, word_token_check
 from monosem.bases import compare_bases, standard_bases, trained_sae_basis
 from monosem.cache import load_or_extract_concepts, load_or_extract_corpus
 from monosem.config import RunConfig
-from monosem.corpus import background_split
+from monosem.corpus import corpus_words_needed, load_or_build_corpus, resolve_corpus, sample_texts, show_corpus_banner
 from monosem.dataset import load_concepts
-from monosem.fidelity import splice_fidelity
+from monosem.fidelity import splice_fidelity_many
 from monosem.model import check_layers, get_blocks, load_model, load_tokenizer, resolve_model, show_model_banner
 from monosem.paths import model_paths
 from monosem.results import (
@@ -25,6 +25,7 @@ from monosem.results import (
     export_feature_json,
     read_selectivity_tables,
     read_summary,
+    sae_metrics_entry,
     save_figure,
     write_sae_metrics,
     write_selectivity_tables,
@@ -34,8 +35,9 @@ from monosem.run import analysed_saes, open_run, write_manifest
 from monosem.runtime import pick_device, set_seed
 from monosem.sae.presets import PRESETS, preset_overrides
 from monosem.sae.saelens import check_saelens_roundtrip, load_sae
-from monosem.sae.train import TokenSource, train_or_load_sae
+from monosem.sae.train import SAEJob, TokenSource, train_or_load_saes, training_plan
 from monosem.selectivity import layer_summary, monosemantic, reference_pick, significant, summary_line, top_features, top_words, word_means
+from monosem.store import ActivationStore
 from monosem.viz.dashboard import FeatureDashboard, build_dashboards
 from monosem.viz.figures import fig_bases, fig_concept_means, fig_loss_curves, fig_norms, fig_preset_comparison, fig_selectivity, fig_word_heatmap
 from monosem.viz.widgets import SelectivityExplorer, WordExplorer
@@ -46,17 +48,18 @@ __all__ = [
     "check_layers", "get_blocks", "load_model", "load_tokenizer", "resolve_model", "show_model_banner",
     "model_paths",
     "load_concepts",
-    "background_split",
-    "position_norms", "word_token_check",
+    "corpus_words_needed", "load_or_build_corpus", "resolve_corpus", "sample_texts", "show_corpus_banner",
+    "count_tokens", "position_norms", "word_token_check",
     "load_or_extract_concepts", "load_or_extract_corpus",
     "analysed_saes", "open_run", "write_manifest",
     "preset_overrides", "PRESETS",
-    "TokenSource", "train_or_load_sae",
+    "ActivationStore",
+    "SAEJob", "TokenSource", "train_or_load_saes", "training_plan",
     "check_saelens_roundtrip", "load_sae",
-    "splice_fidelity",
+    "splice_fidelity_many",
     "layer_summary", "monosemantic", "reference_pick", "significant", "summary_line", "top_features", "top_words", "word_means",
     "compare_bases", "standard_bases", "trained_sae_basis",
-    "build_summary", "collect_sae_metrics", "export_feature_json", "read_selectivity_tables", "read_summary", "SaeMetricsFile", "save_figure", "write_sae_metrics", "write_selectivity_tables", "write_summary",
+    "build_summary", "collect_sae_metrics", "export_feature_json", "read_selectivity_tables", "read_summary", "SaeMetricsFile", "sae_metrics_entry", "save_figure", "write_sae_metrics", "write_selectivity_tables", "write_summary",
     "fig_bases", "fig_concept_means", "fig_loss_curves", "fig_norms", "fig_preset_comparison", "fig_selectivity", "fig_word_heatmap",
     "SelectivityExplorer", "WordExplorer",
     "build_dashboards", "FeatureDashboard",

@@ -197,9 +197,19 @@ def extract_concept_activations(model: nn.Module, tokenizer: Any, df: pd.DataFra
     return _extract(model, tokenizer, df["sentence"].tolist(), spans, layers, batch_size, device, progress, token_dir, mlp, dtype, None, chunk_size)
 
 
+CORPUS_MAX_LENGTH = 128  # tokens per corpus text (special tokens included); longer texts are cut
+
+
+def count_tokens(tokenizer: Any, texts: Sequence[str], max_length: int = CORPUS_MAX_LENGTH, chunk_size: int = 4096) -> np.ndarray:
+    """Non-special tokens of each text [n_texts] as the extraction sees them (cut at ``max_length`` tokens)."""
+    counts = [len(e.ids) - sum(e.special) for i in range(0, len(texts), chunk_size)
+              for e in encode_examples(tokenizer, list(texts[i : i + chunk_size]), None, max_length=max_length)]
+    return np.asarray(counts, dtype=np.int64)
+
+
 def extract_corpus_activations(model: nn.Module, tokenizer: Any, texts: Sequence[str], layers: Sequence[int], batch_size: int = 32,
                                device: torch.device | str = "cpu", progress: bool = True, token_dir: Path | None = None,
-                               dtype: str = "float32", max_length: int = 128, chunk_size: int = 512) -> dict[str, Any]:
+                               dtype: str = "float32", max_length: int = CORPUS_MAX_LENGTH, chunk_size: int = 512) -> dict[str, Any]:
     """Activations of every token of a text corpus (texts cut at ``max_length`` tokens), no pooling (see ``_extract``)."""
     return _extract(model, tokenizer, list(texts), None, layers, batch_size, device, progress, token_dir, False, dtype, max_length, chunk_size)
 

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CODE_VERSION = "3"  # bump when a change alters cached tensors or trained SAEs
+CODE_VERSION = "4"  # bump when a change alters cached tensors or trained SAEs
 DEFAULT_MODEL = "gpt2-medium"
 POOLINGS: tuple[str, ...] = ("mean", "last", "sentence")  # word-token mean, word last token, sentence mean
 TOKEN_DTYPES: tuple[str, ...] = ("float32", "float16")
 PRESET_NAMES: tuple[str, ...] = ("reference", "l1", "topk", "matryoshka")  # the trainable recipes of monosem.sae.presets
 EXTERNAL_PRESET = "external"  # SAEs imported from elsewhere (MONOSEM_SAE_SOURCE)
+RENAMED_VARIABLES = {"MONOSEM_SAE_STEPS": "training length is set in tokens per SAE, MONOSEM_SAE_TOKENS (steps = tokens / MONOSEM_SAE_BATCH)"}
 
 
 class MonosemError(ValueError):
@@ -134,9 +135,14 @@ def _device(value: Any) -> str | None:
 
 
 def _background(value: Any) -> str:
-    if value == "pydoc" or (isinstance(value, str) and value.startswith("hf:") and len(value) > 3):
+    if value in ("auto", "wordnet", "pydoc") or (isinstance(value, str) and value.startswith("hf:") and len(value) > 3):
         return value
-    raise _Invalid(f"{value!r} is not a corpus; use 'pydoc' (offline) or 'hf:<dataset name>' (online)")
+    raise _Invalid(f"{value!r} is not a corpus; use 'auto', 'wordnet' (offline), 'pydoc' (Python's docs) or 'hf:<dataset name>' (online)")
+
+
+def _optional_int(lo: int) -> Callable[[Any], int | None]:
+    check = _int(lo)
+    return lambda value: None if value is None else check(value)
 
 
 def _optional_path(value: Any) -> Path | None:
@@ -170,13 +176,20 @@ class RunConfig:
     batch_size: int = setting(32, "MONOSEM_BATCH_SIZE", "sentences per forward pass", int, _int(1), ">= 1")
     device: str | None = setting(None, "MONOSEM_DEVICE", "torch device; unset = cuda, then mps, then cpu", str, _device, "cpu, cuda, cuda:N, mps")
     dtype: str = setting("float32", "MONOSEM_DTYPE", "storage of token activations", str, _one_of(TOKEN_DTYPES), ", ".join(TOKEN_DTYPES))
-    background: str = setting("pydoc", "MONOSEM_BACKGROUND", "general-text corpus for SAE training", str, _background, "pydoc or hf:<dataset>")
-    background_tokens: int = setting(40000, "MONOSEM_BACKGROUND_TOKENS", "background-corpus tokens for SAE training (approx.)", int, _int(1), ">= 1")
-    n_eval_texts: int = setting(32, "MONOSEM_EVAL_TEXTS", "background texts held out for the fidelity check", int, _int(1), ">= 1")
+    background: str = setting("auto", "MONOSEM_BACKGROUND", "general-English corpus for SAE training; auto = hf:NeelNanda/pile-10k when online, else WordNet, else pydoc (with a banner)",
+                              str, _background, "auto, wordnet, pydoc, hf:<dataset>")
+    background_tokens: int = setting(40000, "MONOSEM_BACKGROUND_TOKENS", "corpus tokens whose activations are cached on disk (dashboards, SAE initialisation, baselines)",
+                                     int, _int(1), ">= 1")
+    n_eval_texts: int = setting(256, "MONOSEM_EVAL_TEXTS", "corpus texts held out from training: FVE, L0 and dead fraction are measured on them", int, _int(1), ">= 1")
+    n_fidelity_texts: int = setting(32, "MONOSEM_FIDELITY_TEXTS", "held-out texts of the downstream fidelity check (the first of the held-out texts)", int, _int(1), ">= 1")
     # SAE training (notebook 02)
     sae_presets: tuple[str, ...] = setting(PRESET_NAMES, "MONOSEM_SAE_PRESETS", "SAE recipes to train", _parse_names, _presets, ", ".join(PRESET_NAMES))
-    sae_steps: int = setting(600, "MONOSEM_SAE_STEPS", "optimiser steps per SAE", int, _int(1), ">= 1")
-    sae_batch: int = setting(256, "MONOSEM_SAE_BATCH", "tokens per optimiser step", int, _int(1), ">= 1")
+    sae_train_tokens: int | None = setting(None, "MONOSEM_SAE_TOKENS", "training tokens per SAE; unset = by model size and device (README, 'Training')", int,
+                                           _optional_int(1), ">= 1 or unset")
+    sae_batch: int | None = setting(None, "MONOSEM_SAE_BATCH", "tokens per optimiser step; unset = by device (1024 on the CPU, 4096 on a GPU)", int, _optional_int(1),
+                                    ">= 1 or unset")
+    sae_buffer_tokens: int = setting(32768, "MONOSEM_SAE_BUFFER", "tokens per layer in the shuffle buffer of the activation store (memory: tokens x d_model x 4 bytes x layers)",
+                                     int, _int(1), ">= 1")
     sae_expansion: float = setting(8.0, "MONOSEM_SAE_EXPANSION", "d_sae / d_model of the l1, topk and matryoshka presets", float, _float(0, 1024, lo_open=True), "> 0")
     sae_k: int = setting(32, "MONOSEM_SAE_K", "active features per token of the topk preset (on average over a batch: matryoshka)", int, _int(1), ">= 1")
     seed: int = setting(0, "MONOSEM_SEED", "seed of initialisation, batch order, permutations and bootstrap", int, _int(0, 2**32 - 1), "0..2^32-1")
@@ -209,6 +222,9 @@ class RunConfig:
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "RunConfig":
         """The config from defaults, then ``MONOSEM_*`` environment variables, then ``overrides`` (field names)."""
         env = os.environ if environ is None else environ
+        for gone, instead in RENAMED_VARIABLES.items():
+            if env.get(gone):
+                raise MonosemError(f"environment variable {gone} is no longer read: {instead}; unset {gone}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - set(fields))
         if unknown:

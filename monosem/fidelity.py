@@ -24,10 +24,18 @@ def lm_logits(model: Any, hidden: Tensor) -> Tensor:
     return hidden @ weight.T
 
 
-@torch.inference_mode()
 def splice_fidelity(model: nn.Module, tokenizer: Any, texts: Sequence[str], layer: int, sae: SAE, mean_act: Tensor,
                     batch_size: int = 16, max_length: int = 128) -> dict[str, Any]:
-    """How much of the model's output survives replacing layer ``layer``'s residual stream by the SAE reconstruction.
+    """How much of the model's output survives replacing layer ``layer``'s residual stream by the SAE reconstruction
+    (``splice_fidelity_many`` for one SAE)."""
+    return splice_fidelity_many(model, tokenizer, texts, layer, {"sae": sae}, mean_act, batch_size, max_length)["sae"]
+
+
+@torch.inference_mode()
+def splice_fidelity_many(model: nn.Module, tokenizer: Any, texts: Sequence[str], layer: int, saes: dict[str, SAE], mean_act: Tensor,
+                         batch_size: int = 16, max_length: int = 128) -> dict[str, dict[str, Any]]:
+    """For each SAE of ``saes`` ({name: SAE}, all of layer ``layer``): how much of the model's output survives replacing
+    the layer's residual stream by its reconstruction. The clean run and the two ablations are computed once for all.
 
     Special and padding positions are left untouched. Causal LM: next-token CE loss clean / SAE /
     zero-ablated / mean-ablated and the CE loss recovered ``(CE_abl - CE_sae) / (CE_abl - CE_clean)``
@@ -36,7 +44,7 @@ def splice_fidelity(model: nn.Module, tokenizer: Any, texts: Sequence[str], laye
     """
     blocks = get_blocks(model)
     device = next(model.parameters()).device
-    sae = copy.deepcopy(sae).to(device)
+    on_device = {name: copy.deepcopy(sae).to(device) for name, sae in saes.items()}
     mean_act = mean_act.to(device)
     enc = encode_examples(tokenizer, texts, None, max_length=max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -50,26 +58,28 @@ def splice_fidelity(model: nn.Module, tokenizer: Any, texts: Sequence[str], laye
         if kind is None:
             return output
         flat = h.reshape(-1, h.shape[-1])
-        if kind == "sae":
-            new = sae.decode(sae.encode(flat.float())).to(h.dtype)
-        elif kind == "zero":
+        if kind == "zero":
             new = torch.zeros_like(flat)
-        else:
+        elif kind == "mean":
             new = mean_act.to(h.dtype).expand_as(flat)
+        else:
+            sae = on_device[kind]
+            new = sae.decode(sae.encode(flat.float())).to(h.dtype)
         m = keep_mask["m"].reshape(-1, 1)
         h2 = torch.where(m, new, flat).reshape(h.shape)
         return (h2,) + tuple(output[1:]) if isinstance(output, tuple) else h2
 
     handle = blocks[layer].register_forward_hook(hook)
-    sums = {k: 0.0 for k in ("clean", "sae", "zero", "mean")}
+    runs = ["clean", "zero", "mean", *(f"sae:{name}" for name in saes)]
+    sums = {k: 0.0 for k in runs}
     count = 0.0
     try:
         for batch in length_batches([len(e.ids) for e in enc], batch_size):
             ids, attn, keep, _ = (t.to(device) for t in pad_batch(enc, batch, pad_id))
             keep_mask["m"] = keep
             outs = {}
-            for kind in sums:
-                mode["replace"] = None if kind == "clean" else kind
+            for kind in runs:
+                mode["replace"] = None if kind == "clean" else kind.removeprefix("sae:")
                 outs[kind] = model(input_ids=ids, attention_mask=attn).last_hidden_state
             if causal:
                 target_ok = keep[:, 1:] & attn[:, 1:].bool()
@@ -85,11 +95,13 @@ def splice_fidelity(model: nn.Module, tokenizer: Any, texts: Sequence[str], laye
     finally:
         handle.remove()
     avg = {k: v / count for k, v in sums.items()}
-    if causal:
-
-        def rec(abl: str) -> float:
-            return (avg[abl] - avg["sae"]) / (avg[abl] - avg["clean"]) if avg[abl] != avg["clean"] else float("nan")
-
-        return {"kind": "ce_loss_recovered", "ce_clean": avg["clean"], "ce_sae": avg["sae"], "ce_zero": avg["zero"], "ce_mean": avg["mean"],
-                "ce_recovered_zero": rec("zero"), "ce_recovered_mean": rec("mean"), "fidelity": rec("zero")}
-    return {"kind": "output_cosine", "cos_sae": avg["sae"], "cos_zero": avg["zero"], "cos_mean": avg["mean"], "fidelity": avg["sae"]}
+    out: dict[str, dict[str, Any]] = {}
+    for name in saes:
+        a = {"clean": avg["clean"], "zero": avg["zero"], "mean": avg["mean"], "sae": avg[f"sae:{name}"]}
+        if causal:
+            rec = {abl: (a[abl] - a["sae"]) / (a[abl] - a["clean"]) if a[abl] != a["clean"] else float("nan") for abl in ("zero", "mean")}
+            out[name] = {"kind": "ce_loss_recovered", "ce_clean": a["clean"], "ce_sae": a["sae"], "ce_zero": a["zero"], "ce_mean": a["mean"],
+                         "ce_recovered_zero": rec["zero"], "ce_recovered_mean": rec["mean"], "fidelity": rec["zero"]}
+        else:
+            out[name] = {"kind": "output_cosine", "cos_sae": a["sae"], "cos_zero": a["zero"], "cos_mean": a["mean"], "fidelity": a["sae"]}
+    return out

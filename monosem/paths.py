@@ -2,6 +2,7 @@
 
 Layout (``<data>`` is ``RunConfig.data_path``, ``<model>`` the slug of the model actually used)::
 
+    <data>/corpus/<key>/                     the background corpus's texts, training and held out (notebook 01)
     <data>/activations/<model>/<key>/        activation caches (notebook 01)
     <data>/runs/<asked>.json                 run manifest (notebook 01), keyed by the model asked for
     <data>/saes/<model>/[<preset>/]layer_<L>/ SAEs in the SAELens format (notebook 02)
@@ -65,3 +66,8 @@ def model_paths(data: Path, model_name: str) -> ModelPaths:
 def manifest_path(data: Path, model_asked: str) -> Path:
     """``<data>/runs/<asked>.json``: the run manifest of notebook 01 for the model asked for."""
     return safe_child(Path(data).resolve() / "runs", slugify(model_asked) + ".json")
+
+
+def corpus_path(data: Path, key: str) -> Path:
+    """``<data>/corpus/<key>/``: one background corpus (training and held-out texts), shared by every model."""
+    return safe_child(Path(data).resolve() / "corpus", slugify(key))

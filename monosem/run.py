@@ -1,4 +1,4 @@
-"""The run manifest: what notebook 01 made (model, layers, cache keys, corpus split) and ``open_run`` for notebooks 02-04.
+"""The run manifest: what notebook 01 made (model, layers, cache keys, the corpus) and ``open_run`` for notebooks 02-04.
 
 Notebook 01 resolves the model, extracts the caches and writes ``<data>/runs/<asked>.json``.
 Notebooks 02-04 call ``open_run(cfg)``, which reads it, checks that it was made with the settings
@@ -17,6 +17,7 @@ import pandas as pd
 
 from monosem.cache import ActivationCache, open_cache
 from monosem.config import CODE_VERSION, EXTERNAL_PRESET, MonosemError, RunConfig
+from monosem.corpus import StoredCorpus, open_corpus
 from monosem.dataset import dataset_hash, load_concepts
 from monosem.io import read_json, write_json
 from monosem.model import ModelSpec, model_config
@@ -34,24 +35,32 @@ class RunManifest:
     layers: list[int]
     dtype: str
     dataset: str  # content hash of the concept dataset
-    concept_cache: str  # cache keys
-    background_cache: str
-    background: dict[str, Any]  # source, tokens, n_eval (the corpus split)
-    eval_texts: list[str]  # the held-out background texts (notebook 02's fidelity check)
+    concept_cache: str  # activation cache keys: the concept sentences,
+    background_cache: str  # a sample of the training corpus (dashboards, SAE initialisation, baselines),
+    heldout_cache: str  # the held-out corpus texts (FVE, L0, dead fraction)
+    background: dict[str, Any]  # the settings that chose the corpus: source asked for, cached tokens, held-out texts
+    corpus: dict[str, Any]  # the corpus used: key (<data>/corpus/<key>/), spec, texts, tokens with this model's tokenizer
     code_version: str = CODE_VERSION
 
 
-def write_manifest(cfg: RunConfig, spec: ModelSpec, layers: list[int], df: pd.DataFrame, concepts: ActivationCache,
-                   background: ActivationCache, eval_texts: list[str]) -> Path:
-    """Record what notebook 01 made for ``cfg`` (atomically)."""
-    manifest = RunManifest(spec.to_json(), list(layers), cfg.dtype, dataset_hash(df), concepts.key, background.key,
-                           {"source": cfg.background, "tokens": cfg.background_tokens, "n_eval": cfg.n_eval_texts}, list(eval_texts))
+def background_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The settings of ``cfg`` that decide notebook 01's corpus and caches (notebooks 02-04 must have the same)."""
+    return {"source": cfg.background, "tokens": cfg.background_tokens, "n_eval": cfg.n_eval_texts}
+
+
+def write_manifest(cfg: RunConfig, spec: ModelSpec, layers: list[int], df: pd.DataFrame, concepts: ActivationCache, background: ActivationCache,
+                   heldout: ActivationCache, corpus: StoredCorpus, corpus_tokens: int) -> Path:
+    """Record what notebook 01 made for ``cfg`` (atomically); ``corpus_tokens``: the training texts' tokens with this model's tokenizer."""
+    corpus_info = {"key": corpus.key, "spec": corpus.spec.to_json(), "title": corpus.spec.title, "n_train": corpus.meta["n_train"],
+                   "n_heldout": corpus.meta["n_heldout"], "n_dropped": corpus.n_dropped, "train_tokens": int(corpus_tokens)}
+    manifest = RunManifest(spec.to_json(), list(layers), cfg.dtype, dataset_hash(df), concepts.key, background.key, heldout.key,
+                           background_settings(cfg), corpus_info)
     return write_json(manifest_path(cfg.data_path, cfg.model_asked), dataclasses.asdict(manifest))
 
 
 @dataclass
 class Run:
-    """Everything notebooks 02-04 start from: config, model, folders, dataset, caches and the held-out texts."""
+    """Everything notebooks 02-04 start from: config, model, folders, dataset, caches and the corpus."""
 
     cfg: RunConfig
     spec: ModelSpec
@@ -59,13 +68,25 @@ class Run:
     layers: list[int]
     df: pd.DataFrame
     concepts: ActivationCache  # the concept sentences' activations
-    background: ActivationCache  # the background corpus's token activations (and texts)
-    eval_texts: list[str]
+    background: ActivationCache  # a sample of the training corpus: token activations and texts (dashboards)
+    heldout: ActivationCache  # the held-out corpus texts' activations (never trained on)
+    corpus: StoredCorpus  # the corpus: training texts (streamed by notebook 02) and held-out texts
+    corpus_tokens: int  # training tokens of the corpus with this model's tokenizer
 
     @property
     def caches(self) -> list[ActivationCache]:
-        """The SAE training set: concept sentences and background corpus."""
-        return [self.concepts, self.background]
+        """The data that initialises every SAE (mean, norm, input scale), trained or untrained: the corpus sample.
+        The concept sentences are never training data."""
+        return [self.background]
+
+    @property
+    def corpus_title(self) -> str:
+        """The corpus's name for titles and summaries, e.g. 'WordNet 3.0 glosses'."""
+        return self.corpus.spec.title
+
+    def fidelity_texts(self) -> list[str]:
+        """The held-out texts of the downstream fidelity check: the first ``n_fidelity_texts`` of them."""
+        return self.corpus.heldout_texts()[: self.cfg.n_fidelity_texts]
 
 
 def read_manifest(cfg: RunConfig) -> RunManifest:
@@ -83,8 +104,7 @@ def open_run(cfg: RunConfig) -> Run:
     manifest = read_manifest(cfg)
     path = manifest_path(cfg.data_path, cfg.model_asked)
     wanted = {"layers (MONOSEM_LAYERS)": (list(cfg.layers), manifest.layers), "dtype (MONOSEM_DTYPE)": (cfg.dtype, manifest.dtype),
-              "background corpus (MONOSEM_BACKGROUND, MONOSEM_BACKGROUND_TOKENS, MONOSEM_EVAL_TEXTS)":
-                  ({"source": cfg.background, "tokens": cfg.background_tokens, "n_eval": cfg.n_eval_texts}, manifest.background),
+              "background corpus (MONOSEM_BACKGROUND, MONOSEM_BACKGROUND_TOKENS, MONOSEM_EVAL_TEXTS)": (background_settings(cfg), manifest.background),
               "code version": (CODE_VERSION, manifest.code_version)}
     for what, (now, then) in wanted.items():
         if now != then:
@@ -95,7 +115,7 @@ def open_run(cfg: RunConfig) -> Run:
         raise MonosemError(f"{cfg.concepts_path} changed since notebook 01 extracted its activations; {RERUN_01}")
     paths = model_paths(cfg.data_path, spec.used)
     return Run(cfg, spec, paths, list(manifest.layers), df, open_cache(paths, manifest.concept_cache), open_cache(paths, manifest.background_cache),
-               list(manifest.eval_texts))
+               open_cache(paths, manifest.heldout_cache), open_corpus(cfg.data_path, manifest.corpus["key"]), int(manifest.corpus["train_tokens"]))
 
 
 def analysed_saes(run: Run) -> tuple[list[int], list[str], str]:

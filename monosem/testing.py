@@ -70,3 +70,36 @@ def synthetic_activations(n_words: int = 24, n_sent: int = 5, n_units: int = 150
     if selective:
         acts[df.concept.eq("colors").to_numpy(), :selective] += 3.0
     return df, np.maximum(acts, 0).astype(np.float32)
+
+
+def run_notebook01(cfg: Any, model_and_tokenizer: tuple[Any, Any] | None = None, batch_size: int = 16,
+                   wordnet: Any = None) -> dict[str, Any]:
+    """What notebook 01 does, without the notebook (for tests): resolve the model and the corpus, extract the concept,
+    corpus-sample and held-out caches, and write the run manifest. Returns the pieces by name."""
+    from monosem.activations import count_tokens
+    from monosem.cache import load_or_extract_concepts, load_or_extract_corpus
+    from monosem.corpus import WORDNET_DIRS, corpus_words_needed, load_or_build_corpus, resolve_corpus, sample_texts
+    from monosem.dataset import load_concepts
+    from monosem.model import load_model, resolve_model
+    from monosem.paths import model_paths
+    from monosem.run import write_manifest
+    from monosem.sae.train import training_plan
+
+    spec = resolve_model(cfg.model, cfg.hf_hub_offline)
+    model, tok = model_and_tokenizer or load_model(spec)
+    mp = model_paths(cfg.data_path, spec.used)
+    df = load_concepts(cfg.concepts_path)
+    layers = list(cfg.layers)
+    concepts = load_or_extract_concepts(mp, spec, df, layers, batch_size, "cpu", (model, tok))
+    corpus_spec = resolve_corpus(cfg.background, cfg.hf_hub_offline, wordnet or WORDNET_DIRS)
+    plan = training_plan(cfg.sae_train_tokens, cfg.sae_batch, cfg.sae_buffer_tokens, model.config.hidden_size, "cpu")
+    corpus = load_or_build_corpus(cfg.data_path, corpus_spec, df["sentence"].tolist(), cfg.n_eval_texts, corpus_words_needed(corpus_spec, plan.train_tokens),
+                                  wordnet=wordnet or WORDNET_DIRS)
+    train = corpus.train_texts()
+    counts = count_tokens(tok, train)
+    sample = sample_texts(train, counts, cfg.background_tokens, cfg.seed)
+    background = load_or_extract_corpus(mp, spec, sample, layers, batch_size, "cpu", (model, tok), cfg.dtype)
+    heldout = load_or_extract_corpus(mp, spec, corpus.heldout_texts(), layers, batch_size, "cpu", (model, tok), cfg.dtype)
+    manifest = write_manifest(cfg, spec, layers, df, concepts, background, heldout, corpus, int(counts.sum()))
+    return {"spec": spec, "paths": mp, "df": df, "concepts": concepts, "corpus": corpus, "sample": sample, "background": background, "heldout": heldout,
+            "manifest": manifest, "model": model, "tokenizer": tok}

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -19,13 +21,17 @@
 # `data/concepts.csv`, checks that every marked word maps to the right tokens, and extracts the
 # residual stream after blocks 0–3 for every sentence: word-level activations (mean over the
 # word's tokens; `last` token and the reference study's sentence mean are stored too) and every
-# non-special token (the SAE training set). Everything is cached under
-# `data/activations/<model>/<key>/`, keyed by a hash of model, revision, layers, dataset and code,
-# and the run manifest `data/runs/<model>.json` records what notebooks 02–04 open.
+# non-special token. It then builds the **background corpus** the SAEs train on (general English:
+# WordNet's glosses and examples offline, a web-text set online), with no text that contains a
+# concept sentence, holds some of its texts out, and caches the activations of a sample of it and
+# of the held-out texts. Everything is cached under `data/activations/<model>/<key>/` and
+# `data/corpus/<key>/`, keyed by content hashes, and the run manifest `data/runs/<model>.json`
+# records what notebooks 02–04 open.
 #
 # **Next:** [02 · Train one SAE per layer](02_train_sae.ipynb)
 
 # %%
+import numpy as np
 import pandas as pd
 
 import helpers as h
@@ -33,7 +39,7 @@ import helpers as h
 # %% tags=["parameters"]
 OVERRIDES: dict = {}  # e.g. {"layers": (0, 1)}; anything not set here comes from MONOSEM_* variables or the defaults
 cfg = h.RunConfig.from_env(**OVERRIDES)
-pd.DataFrame(cfg.settings("model", "layers", "batch_size", "device", "dtype", "background", "background_tokens", "n_eval_texts"))
+pd.DataFrame(cfg.settings("model", "layers", "batch_size", "device", "dtype", "background", "background_tokens", "n_eval_texts", "sae_train_tokens"))
 
 # %% [markdown]
 # ## The model
@@ -86,16 +92,42 @@ assert cache.word(layers[0]).shape[0] == len(df), "one word-level vector per dat
 
 # %% [markdown]
 # ## The background corpus
-# The SAE should learn from general text, not only from 1,680 template sentences. Offline, the prose
-# paragraphs of Python's documentation (`pydoc_data.topics`, shipped with CPython) serve; the last
-# texts are held out for notebook 02's fidelity check. The run manifest records the split.
+# The SAEs should learn the model's features on general English, not on 1,680 template sentences. The banner
+# names the corpus: offline, WordNet 3.0's glosses and example sentences (Debian's `wordnet-base`, which
+# `make setup` installs), online a web-text set; only where neither is available, Python's documentation
+# (`pydoc`) stands in, with an orange banner. Any text that contains a concept sentence is dropped, so the
+# evaluation sentences never enter training, and texts spread evenly over the corpus are held out.
+# Notebook 02 streams the training texts through the model once; look at the token count against the
+# training tokens per SAE.
 
 # %%
-train_texts, eval_texts = h.background_split(cfg.background_tokens, cfg.background, cfg.n_eval_texts)
-print(f"{len(train_texts)} training texts, {len(eval_texts)} held out; e.g.: {train_texts[0][:160]}...")
-background = h.load_or_extract_corpus(paths, spec, train_texts, layers, cfg.batch_size, device, (model, tokenizer), cfg.dtype)
-print(f"background: {background.n_tokens} tokens; concept sentences: {cache.n_tokens} tokens")
-manifest = h.write_manifest(cfg, spec, layers, df, cache, background, eval_texts)
+corpus_spec = h.resolve_corpus(cfg.background, cfg.hf_hub_offline)
+h.show_corpus_banner(corpus_spec)
+plan = h.training_plan(cfg.sae_train_tokens, cfg.sae_batch, cfg.sae_buffer_tokens, model.config.hidden_size, device)
+corpus = h.load_or_build_corpus(cfg.data_path, corpus_spec, df["sentence"].tolist(), cfg.n_eval_texts, h.corpus_words_needed(corpus_spec, plan.train_tokens))
+train_texts = corpus.train_texts()
+token_counts = h.count_tokens(tokenizer, train_texts)
+corpus_tokens = int(token_counts.sum())
+print(f"{corpus_spec.title}: {len(train_texts):,} training texts, {corpus_tokens:,} tokens with the {spec.used} tokenizer "
+      f"(median {int(np.median(token_counts))} per text); {len(corpus.heldout_texts())} texts held out; "
+      f"{corpus.n_dropped} texts dropped because they contain a concept sentence")
+print(f"training plan ({plan.why}): {plan.tokens_per_sae:,} tokens per SAE = {plan.steps} steps x {plan.batch_size}; "
+      f"{plan.tokens_per_sae / corpus_tokens:.2f} passes over the corpus")
+pd.DataFrame({"sample training text": [train_texts[i] for i in np.random.default_rng(cfg.seed).choice(len(train_texts), 4, replace=False)]})
+
+# %% [markdown]
+# Two caches come from the corpus: the activations of a random sample of the training texts (about
+# `MONOSEM_BACKGROUND_TOKENS` tokens: notebook 04's dashboards show top contexts from it, and every SAE's
+# initialisation reads its mean and norm) and those of the held-out texts (notebook 02 measures FVE, L0 and
+# dead features on them). The full corpus is never written as activations.
+
+# %%
+sample = h.sample_texts(train_texts, token_counts, cfg.background_tokens, cfg.seed)
+background = h.load_or_extract_corpus(paths, spec, sample, layers, cfg.batch_size, device, (model, tokenizer), cfg.dtype)
+heldout = h.load_or_extract_corpus(paths, spec, corpus.heldout_texts(), layers, cfg.batch_size, device, (model, tokenizer), cfg.dtype)
+assert not set(sample) & set(corpus.heldout_texts()), "a held-out text is in the training sample: the split is broken"
+print(f"corpus sample: {background.n_tokens:,} tokens ({len(sample)} texts); held out: {heldout.n_tokens:,} tokens; concept sentences: {cache.n_tokens:,} tokens")
+manifest = h.write_manifest(cfg, spec, layers, df, cache, background, heldout, corpus, corpus_tokens)
 print(f"run manifest: {manifest}")
 
 # %% [markdown]
@@ -123,10 +155,10 @@ fig.show()
 
 # %% [markdown]
 # ## Saved
-# The activations are in the folders printed above (`data/activations/<model>/<key>/`, one for the
-# concept sentences and one for the background corpus): `tokens_L<L>.npy` (every non-special token,
+# The activations are in the folders printed above (`data/activations/<model>/<key>/`, one each for the
+# concept sentences, the corpus sample and the held-out texts): `tokens_L<L>.npy` (every non-special token,
 # memory-mappable), `pooled.safetensors` (word-level poolings, MLP neurons and the token index),
-# `texts.json` (the background texts) and `meta.json` with the key, its inputs and SHA-256 checksums.
-# The run manifest names both caches and the held-out texts.
+# `texts.json` (corpus caches) and `meta.json` with the key, its inputs and SHA-256 checksums. The corpus
+# texts are in `data/corpus/<key>/` (`train.json`, `heldout.json`, `meta.json`). The run manifest names them all.
 #
 # **Next:** [02 · Train one SAE per layer](02_train_sae.ipynb)

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -14,8 +16,9 @@
 # %% [markdown]
 # # 02 · Train sparse autoencoders per layer
 #
-# Trains SAEs on the token activations of each layer (concept sentences + background corpus) with
-# three presets, and reports for every preset and layer how good they are:
+# Trains SAEs on the residual stream of each layer with several presets, on the general-English corpus
+# of notebook 01 (the concept sentences are never training data), and reports for every preset and
+# layer how good they are:
 #
 # * `reference`: the reference study's setup: ReLU encoder, linear decoder, hidden size
 #   `d_model // 2`, L1 weight 0.1 on the feature activations, Adam, fixed seed;
@@ -23,10 +26,14 @@
 #   decoder norms, learning-rate warm-up and decay, L1 warm-up (Anthropic, April 2024);
 # * `topk`: TopK activation (k = 32), unit-norm decoder rows, AuxK loss on dead features (OpenAI, 2024).
 #
-# The metrics are MSE, fraction of variance explained, L0, dead and dense fractions, and a downstream
-# fidelity check: the SAE reconstruction is spliced into layer L and the model's output compared.
-# Each SAE is saved in the SAELens format under `data/saes/<model>/[<preset>/]layer_<L>/`; one
-# already trained with the same data and settings is loaded instead of retrained.
+# **One pass for all layers:** the model runs once over the corpus; a streaming activation store mixes
+# the residual stream of every layer in a shuffled buffer (as SAELens's `ActivationsStore` does) and
+# each batch trains every preset of that layer. Training length is set in tokens per SAE.
+# The metrics (FVE, L0, dead and dense fractions) are measured on **held-out** corpus texts, the
+# downstream fidelity check splices each SAE into layer L on held-out texts, and the loss change over
+# the last 10% of steps says whether training levelled off. Each SAE is saved in the SAELens format
+# under `data/saes/<model>/[<preset>/]layer_<L>/`; one already trained with the same data and settings
+# is loaded instead of retrained.
 #
 # **Previous:** [01 · Extract activations](01_extract_activations.ipynb) · **Next:** [03 · Selectivity](03_selectivity.ipynb)
 
@@ -36,32 +43,47 @@ import pandas as pd
 import helpers as h
 
 # %% tags=["parameters"]
-OVERRIDES: dict = {}  # e.g. {"sae_steps": 2000}; anything not set here comes from MONOSEM_* variables or the defaults
+OVERRIDES: dict = {}  # e.g. {"sae_train_tokens": 2_000_000}; anything not set here comes from MONOSEM_* variables or the defaults
 cfg = h.RunConfig.from_env(**OVERRIDES)
-pd.DataFrame(cfg.settings("model", "layers", "sae_presets", "sae_steps", "sae_batch", "sae_expansion", "sae_k", "seed", "device"))
+pd.DataFrame(cfg.settings("model", "layers", "sae_presets", "sae_train_tokens", "sae_batch", "sae_buffer_tokens", "sae_expansion", "sae_k", "seed",
+                          "device", "n_fidelity_texts"))
 
 # %% [markdown]
 # ## Inputs
-# Notebook 01's run: the token activations of the concept sentences and of the background corpus, and the held-out texts.
+# Notebook 01's run: the model, the corpus (its training texts are streamed through the model here), the
+# activations of a corpus sample (they initialise every SAE) and of the held-out texts. The plan resolves
+# unset settings to the defaults for this model size and device.
 
 # %%
 run = h.open_run(cfg)
 h.show_model_banner(run.spec)
+h.show_corpus_banner(run.corpus.spec)
 device = h.pick_device(cfg.device)
 print(f"seed = {h.set_seed(cfg.seed)}")
+model, tokenizer = h.load_model(run.spec, device)
+plan = h.training_plan(cfg.sae_train_tokens, cfg.sae_batch, cfg.sae_buffer_tokens, model.config.hidden_size, device)
+corpus = run.corpus_title
+title = f"{run.spec.used} · trained on {corpus}"  # every figure title names the model and the corpus
+print(f"plan ({plan.why}): {plan.tokens_per_sae:,} tokens per SAE = {plan.steps} steps x {plan.batch_size} tokens; "
+      f"corpus: {corpus}, {run.corpus_tokens:,} training tokens ({plan.tokens_per_sae / run.corpus_tokens:.2f} passes); "
+      f"shuffle buffer: {plan.buffer_tokens:,} tokens per layer")
 overrides = {p: h.preset_overrides(p, cfg.sae_expansion, cfg.sae_k) for p in cfg.sae_presets}
-print(f"training tokens per layer: {run.concepts.n_tokens} (concept sentences) + {run.background.n_tokens} (background)")
+jobs = [h.SAEJob(p, L, overrides[p]) for p in cfg.sae_presets for L in run.layers]
 pd.DataFrame([{"preset": p, **h.PRESETS[p], **overrides[p]} for p in cfg.sae_presets]).set_index("preset")
 
 # %% [markdown]
 # ## Train
-# One SAE per preset and layer; the progress bar counts optimiser steps.
+# One pass of the model over the corpus trains every SAE that is not saved yet; the progress bar counts
+# optimiser steps (each step trains every SAE on one batch of its layer).
 
 # %%
-records = {}
-for p in cfg.sae_presets:
-    for L in run.layers:
-        _, records[p, L] = h.train_or_load_sae(run.paths, run.spec, run.caches, L, p, cfg.sae_steps, cfg.sae_batch, cfg.seed, device, **overrides[p])
+store = h.ActivationStore(model, tokenizer, run.corpus.train_texts(), run.layers, cfg.batch_size, plan.buffer_tokens, cfg.seed, device)
+trained = h.train_or_load_saes(run.paths, run.spec, jobs, plan, store, run.caches, run.heldout, corpus, cfg.seed, device)
+records = {jk: record for jk, (_, record) in trained.items()}
+if store.tokens_run:
+    print(f"the model ran once for all {len(jobs)} SAEs: {store.tokens_run:,} corpus tokens in {store.model_seconds:.0f} s ({store.epochs} pass(es) over the corpus)")
+else:
+    print("every SAE was loaded: trained earlier with these settings")
 
 # %% [markdown]
 # ## Loss per step
@@ -69,51 +91,81 @@ for p in cfg.sae_presets:
 
 # %%
 for p in cfg.sae_presets:
-    fig = h.fig_loss_curves({L: records[p, L]["history"] for L in run.layers}, f"{run.spec.used} ({p} preset)")
+    fig = h.fig_loss_curves({L: records[p, L]["history"] for L in run.layers}, f"{title} ({p} preset)")
     h.save_figure(run.paths, fig, f"02_loss_curves_{p}", cfg.save_figures)
     fig.show()
 
 # %% [markdown]
-# ## Downstream fidelity
-# Each SAE's reconstruction replaces layer L's residual stream (special tokens untouched) on the held-out
-# background texts. For a causal LM: the CE loss recovered, `(CE_zero - CE_sae) / (CE_zero - CE_clean)` (and
-# against mean ablation); for an encoder like the bundled model: the cosine similarity of the final-layer
-# output with and without the splice (1 = unchanged; zero and mean ablation give the floor).
+# ## Did training finish?
+# `loss_change_last10pct` compares the mean loss over the last 5% of steps with the mean over the 5% of steps
+# just before the last 10%: near 0, the loss has levelled off; clearly negative, it is still falling and more
+# tokens (`MONOSEM_SAE_TOKENS`) would help. Part of the late fall is the learning-rate decay of the
+# `l1` and `topk` presets. A still-falling loss is reported, not an error.
 
 # %%
-model, tokenizer = h.load_model(run.spec, device)
+finish = pd.DataFrame([{"preset": p, "layer": L, "train_tokens": records[p, L]["train_tokens"], "steps": len(records[p, L]["history"]),
+                        "loss_change_last10pct": records[p, L]["loss_change_last10pct"]} for p in cfg.sae_presets for L in run.layers])
+finish["levelled off (> -2%)"] = finish["loss_change_last10pct"] > -0.02
+finish.style.format({"loss_change_last10pct": "{:+.2%}"}).set_caption(f"{title}: loss change over the last 10% of steps")
+
+# %% [markdown]
+# ## Downstream fidelity
+# Each SAE's reconstruction replaces layer L's residual stream (special tokens untouched) on held-out corpus
+# texts. For a causal LM: the CE loss recovered, `(CE_zero - CE_sae) / (CE_zero - CE_clean)` (and against mean
+# ablation); for an encoder like the bundled model: the cosine similarity of the final-layer output with and
+# without the splice (1 = unchanged; zero and mean ablation give the floor).
+
+# %%
 fidelity = {}
 for L in run.layers:
     mean_act = h.TokenSource.from_caches(run.caches, L).mean_and_norm()[0]  # for mean ablation
-    for p in cfg.sae_presets:
-        sae, _ = h.load_sae(run.paths.sae(L, p))
-        fidelity[p, L] = h.splice_fidelity(model, tokenizer, run.eval_texts, L, sae, mean_act)
+    per_sae = h.splice_fidelity_many(model, tokenizer, run.fidelity_texts(), L, {p: trained[p, L][0] for p in cfg.sae_presets}, mean_act)
+    fidelity.update({(p, L): per_sae[p] for p in cfg.sae_presets})
 pd.DataFrame(fidelity).T.rename_axis(["preset", "layer"])
 
 # %% [markdown]
 # ## How good is each SAE?
-# `fve` is the fraction of variance explained, `1 - Σ‖x - x̂‖² / Σ‖x - mean(x)‖²` (SAELens's eval reports another
-# formula); `l0` the mean number of active features per token; `dead_fraction` the share of features never
-# active on the training tokens; `dense_fraction` the share active on more than 10% of them.
+# On the held-out tokens: `fve_heldout` is the fraction of variance explained, `1 - Σ‖x - x̂‖² / Σ‖x - mean(x)‖²`
+# (SAELens's eval reports another formula); `l0` the mean number of active features per token; `dead_fraction`
+# the share of features never active on them; `dense_fraction` the share active on more than 10% of them.
+# The table is saved to `sae_metrics.json` before the checks below run, so a failed check never loses the training.
+# `fidelity` is the CE loss recovered for a causal LM and the output cosine for an encoder (see above).
 
 # %%
-rows = [{"preset": p, "layer": L, **records[p, L]["metrics"], "fidelity": fidelity[p, L]["fidelity"],
-         "train_tokens_per_s": records[p, L]["tokens_per_second"]} for p in cfg.sae_presets for L in run.layers]
-metrics = pd.DataFrame(rows)
+per_preset = {p: {str(L): h.sae_metrics_entry(records[p, L], fidelity[p, L]) for L in run.layers} for p in cfg.sae_presets}
+path = h.write_sae_metrics(run.paths, h.SaeMetricsFile(run.spec.asked, run.spec.used, corpus, plan.tokens_per_sae, plan.batch_size, cfg.seed, per_preset))
+metrics = pd.DataFrame([{"preset": p, "layer": L, **per_preset[p][str(L)]} for p in cfg.sae_presets for L in run.layers])
+print(f"metrics: {path}")
+shown = ["preset", "layer", "d_sae", "train_tokens", "fve_heldout", "l0", "dead_fraction", "dense_fraction", "fidelity", "loss_change_last10pct", "tokens_per_second"]
+metrics[shown].style.format(precision=4).set_caption(f"{title}: SAE metrics per preset and layer on {int(metrics['heldout_tokens'].iloc[0]):,} held-out tokens")
+
+# %% [markdown]
+# The checks. Errors stop the notebook (after the saving above): metrics out of range, or an L0 the architecture
+# cannot produce (a TopK SAE keeps *at most* k features per token: the ReLU drops chosen pre-activations that are
+# not positive, so L0 < k is legitimate). Warnings are findings, listed here and in `sae_metrics.json`: an SAE
+# that reconstructs held-out tokens worse than their mean vector (the reference recipe can, on a random-weight
+# model), or a loss still falling by more than 2% over the last 10% of steps.
+
+# %%
+problems = []
 for r in metrics.itertuples():
-    assert r.fve > 0, f"{r.preset}, layer {r.layer}: the SAE reconstructs worse than the mean vector; train longer (MONOSEM_SAE_STEPS)"
-    assert 0 <= r.dead_fraction <= 1 and r.l0 <= r.d_sae, f"{r.preset}, layer {r.layer}: metrics out of range"
-    if r.preset == "topk":  # TopK keeps k features, then (as in SAELens) a ReLU drops any of them that is not positive
-        assert cfg.sae_k - 0.05 <= r.l0 <= cfg.sae_k, f"layer {r.layer}: a TopK SAE must have L0 = k = {cfg.sae_k}, got {r.l0}"
-        print(f"topk, layer {r.layer}: L0 = {r.l0:.4f} ({'exactly k' if r.l0 == cfg.sae_k else 'a few tokens have fewer than k positive pre-activations'})")
-metrics.style.format(precision=4).set_caption(f"{run.spec.used}: SAE metrics per preset and layer")
+    sae = trained[r.preset, r.layer][0]
+    if not (0 <= r.dead_fraction <= 1 and 0 <= r.l0 <= r.d_sae and r.train_tokens == plan.tokens_per_sae):
+        problems.append(f"{r.preset}, layer {r.layer}: metrics out of range (l0 {r.l0}, dead fraction {r.dead_fraction}, train tokens {r.train_tokens})")
+    if (why := sae.l0_problem(r.l0)) is not None:
+        problems.append(f"{r.preset}, layer {r.layer}: {why}")
+assert not problems, "checks failed (the SAEs and sae_metrics.json are saved):\n" + "\n".join(problems)
+warned = [{"preset": r.preset, "layer": r.layer, "warning": w} for r in metrics.itertuples() for w in r.warnings]
+print(f"all {len(metrics)} SAEs pass the checks; {len(warned)} warning(s). L0 of the k-sparse presets: "
+      + ", ".join(f"{r.preset} L{r.layer} {r.l0:.2f}" for r in metrics.itertuples() if "k" in overrides[r.preset]))
+pd.DataFrame(warned, columns=["preset", "layer", "warning"])
 
 # %% [markdown]
 # ## Sparsity vs. reconstruction
-# Up and to the left is better: fewer active features per token for the same variance explained.
+# Up and to the left is better: fewer active features per token for the same variance explained on held-out tokens.
 
 # %%
-fig = h.fig_preset_comparison(metrics, run.spec.used)
+fig = h.fig_preset_comparison(metrics, title)
 h.save_figure(run.paths, fig, "02_preset_comparison", cfg.save_figures)
 fig.show()
 
@@ -130,18 +182,15 @@ for p in cfg.sae_presets:
 
 # %% [markdown]
 # ## Saved
+# Each SAE folder holds `cfg.json` and `sae_weights.safetensors` (loadable with SAELens's
+# `SAE.load_from_disk`; the input scaling of `l1`/`topk` is folded into the weights) and `training.json`
+# (settings, corpus, training tokens, the loss at every step, held-out metrics, the loss change over the
+# last 10% of steps). `sae_metrics.json` collects them with the fidelity per preset and layer.
 
 # %%
-per_preset = {p: {str(L): {**records[p, L]["metrics"], **fidelity[p, L], "seconds": records[p, L]["seconds"]} for L in run.layers}
-              for p in cfg.sae_presets}
-path = h.write_sae_metrics(run.paths, h.SaeMetricsFile(run.spec.asked, run.spec.used, cfg.sae_steps, cfg.sae_batch, cfg.seed, per_preset))
 for p in cfg.sae_presets:
     print(f"{p}: {run.paths.sae(run.layers[0], p).parent}")
 print(f"metrics: {path}")
 
 # %% [markdown]
-# Each SAE folder holds `cfg.json` and `sae_weights.safetensors` (loadable with SAELens's
-# `SAE.load_from_disk`; the input scaling of `l1`/`topk` is folded into the weights) and `training.json`
-# (settings, the loss at every step, metrics).
-#
 # **Next:** [03 · Selectivity](03_selectivity.ipynb)

@@ -10,7 +10,9 @@ from monosem.testing import ROOT
 # Set before any notebook kernel starts (nbval kernels inherit this environment).
 os.environ.setdefault("MONOSEM_DATA_DIR", tempfile.mkdtemp(prefix="monosem-test-data-"))
 os.environ.setdefault("MONOSEM_MODEL", "bundled")
-os.environ.setdefault("MONOSEM_SAE_STEPS", "200")
+os.environ.setdefault("MONOSEM_SAE_TOKENS", "51200")  # 200 steps of 256 tokens
+os.environ.setdefault("MONOSEM_SAE_BATCH", "256")
+os.environ.setdefault("MONOSEM_EVAL_TEXTS", "64")
 os.environ.setdefault("MONOSEM_SAE_EXPANSION", "2")
 os.environ.setdefault("MONOSEM_BACKGROUND_TOKENS", "6000")
 os.environ.setdefault("MONOSEM_PERMUTATIONS", "200")

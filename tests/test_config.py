@@ -29,7 +29,8 @@ def test_defaults_without_environment():
     assert cfg.model is None and cfg.model_asked == "gpt2-medium"
     assert cfg.layers == (0, 1, 2, 3)
     assert cfg.sae_presets == PRESET_NAMES and cfg.sae_preset == "reference"
-    assert (cfg.sae_steps, cfg.sae_batch, cfg.seed) == (600, 256, 0)
+    assert (cfg.sae_train_tokens, cfg.sae_batch, cfg.sae_buffer_tokens, cfg.seed) == (None, None, 32768, 0)  # None: by model size and device
+    assert cfg.background == "auto"
     assert (cfg.threshold, cfg.alpha, cfg.pooling, cfg.dtype) == (0.6, 0.05, "mean", "float32")
     assert cfg.device is None and cfg.save_figures is False and cfg.hf_hub_offline is False
     for f in dataclasses.fields(RunConfig):  # every default passes its own validator unchanged
@@ -37,9 +38,9 @@ def test_defaults_without_environment():
 
 
 def test_from_env_ignores_the_process_environment_when_given_one(monkeypatch):
-    monkeypatch.setenv("MONOSEM_SAE_STEPS", "7")
-    assert RunConfig.from_env(environ={}).sae_steps == 600
-    assert RunConfig.from_env().sae_steps == 7  # environ=None reads os.environ
+    monkeypatch.setenv("MONOSEM_SAE_TOKENS", "7000")
+    assert RunConfig.from_env(environ={}).sae_train_tokens is None
+    assert RunConfig.from_env().sae_train_tokens == 7000  # environ=None reads os.environ
 
 
 @pytest.mark.parametrize(("text", "layers"), [("0-3", (0, 1, 2, 3)), ("0,2", (0, 2)), ("2, 0 ,2", (0, 2)), ("5", (5,)), (" 1 - 2 ", (1, 2))])
@@ -67,11 +68,11 @@ def test_bad_bool_from_env():
 
 def test_numbers_text_and_paths_from_env(tmp_path):
     cfg = RunConfig.from_env(environ={
-        "MONOSEM_SAE_STEPS": "12", "MONOSEM_SAE_BATCH": "64", "MONOSEM_SAE_EXPANSION": "2.5", "MONOSEM_ALPHA": "0.1",
+        "MONOSEM_SAE_TOKENS": "12000", "MONOSEM_SAE_BATCH": "64", "MONOSEM_SAE_EXPANSION": "2.5", "MONOSEM_ALPHA": "0.1",
         "MONOSEM_THRESHOLD": "1", "MONOSEM_SEED": "42", "MONOSEM_MODEL": "bundled", "MONOSEM_DATA_DIR": str(tmp_path),
         "MONOSEM_CONCEPTS": str(tmp_path / "c.csv"), "MONOSEM_DTYPE": "float16", "MONOSEM_POOLING": "last", "MONOSEM_DEVICE": "cpu",
         "MONOSEM_BACKGROUND": "hf:wikitext"})
-    assert (cfg.sae_steps, cfg.sae_batch, cfg.sae_expansion, cfg.alpha, cfg.threshold, cfg.seed) == (12, 64, 2.5, 0.1, 1.0, 42)
+    assert (cfg.sae_train_tokens, cfg.sae_batch, cfg.sae_expansion, cfg.alpha, cfg.threshold, cfg.seed) == (12000, 64, 2.5, 0.1, 1.0, 42)
     assert cfg.model == "bundled" and cfg.model_asked == "bundled"
     assert cfg.data_dir == tmp_path and cfg.data_path == tmp_path.resolve()
     assert cfg.concepts_path == tmp_path / "c.csv"
@@ -90,13 +91,18 @@ def test_empty_variables_mean_default():
 
 
 def test_overrides_beat_environment():
-    env = {"MONOSEM_SAE_STEPS": "5", "MONOSEM_LAYERS": "0-5", "MONOSEM_ALPHA": "0.2"}
-    cfg = RunConfig.from_env(environ=env, sae_steps=9, layers=(1,))
-    assert (cfg.sae_steps, cfg.layers, cfg.alpha) == (9, (1,), 0.2)
+    env = {"MONOSEM_SAE_TOKENS": "5", "MONOSEM_LAYERS": "0-5", "MONOSEM_ALPHA": "0.2"}
+    cfg = RunConfig.from_env(environ=env, sae_train_tokens=9, layers=(1,))
+    assert (cfg.sae_train_tokens, cfg.layers, cfg.alpha) == (9, (1,), 0.2)
 
 
 def test_override_wins_over_an_invalid_environment_value():
-    assert RunConfig.from_env(environ={"MONOSEM_SAE_STEPS": "abc"}, sae_steps=3).sae_steps == 3
+    assert RunConfig.from_env(environ={"MONOSEM_SAE_TOKENS": "abc"}, sae_train_tokens=3).sae_train_tokens == 3
+
+
+def test_the_retired_step_count_variable_says_what_replaced_it():
+    with pytest.raises(MonosemError, match="MONOSEM_SAE_STEPS is no longer read.*MONOSEM_SAE_TOKENS"):
+        RunConfig.from_env(environ={"MONOSEM_SAE_STEPS": "600"})
 
 
 def test_unknown_override_is_an_error():
@@ -121,9 +127,11 @@ def test_every_field_has_metadata_and_a_unique_variable():
 
 BAD = [
     # (environment, variable the message must name, fragments of the allowed values, one of which must appear)
-    ({"MONOSEM_SAE_STEPS": "0"}, "MONOSEM_SAE_STEPS", (">= 1", "1..")),
-    ({"MONOSEM_SAE_STEPS": "-5"}, "MONOSEM_SAE_STEPS", (">= 1", "1..")),
-    ({"MONOSEM_SAE_STEPS": "abc"}, "MONOSEM_SAE_STEPS", (">= 1", "1..")),
+    ({"MONOSEM_SAE_TOKENS": "0"}, "MONOSEM_SAE_TOKENS", (">= 1", "1..")),
+    ({"MONOSEM_SAE_TOKENS": "-5"}, "MONOSEM_SAE_TOKENS", (">= 1", "1..")),
+    ({"MONOSEM_SAE_TOKENS": "abc"}, "MONOSEM_SAE_TOKENS", (">= 1", "1..")),
+    ({"MONOSEM_SAE_BUFFER": "0"}, "MONOSEM_SAE_BUFFER", (">= 1", "1..")),
+    ({"MONOSEM_FIDELITY_TEXTS": "0"}, "MONOSEM_FIDELITY_TEXTS", (">= 1", "1..")),
     ({"MONOSEM_SAE_BATCH": "0"}, "MONOSEM_SAE_BATCH", (">= 1", "1..")),
     ({"MONOSEM_ALPHA": "2"}, "MONOSEM_ALPHA", ("(0, 1)",)),
     ({"MONOSEM_ALPHA": "-1"}, "MONOSEM_ALPHA", ("(0, 1)",)),
@@ -152,7 +160,7 @@ def test_invalid_values_name_the_variable_and_the_allowed_values(env, variable, 
 def test_batch_error_names_batch_not_steps():
     with pytest.raises(MonosemError) as err:
         RunConfig.from_env(environ={"MONOSEM_SAE_BATCH": "0"})
-    assert "MONOSEM_SAE_BATCH" in str(err.value) and "MONOSEM_SAE_STEPS" not in str(err.value)
+    assert "MONOSEM_SAE_BATCH" in str(err.value) and "MONOSEM_SAE_TOKENS" not in str(err.value)
 
 
 def test_backwards_layer_range_is_not_silently_empty():
@@ -171,12 +179,12 @@ def test_cuda_without_cuda():
 
 
 def test_invalid_overrides_are_rejected_too():
-    with pytest.raises(MonosemError, match="MONOSEM_SAE_STEPS"):
-        RunConfig.from_env(environ={}, sae_steps=0)
+    with pytest.raises(MonosemError, match="MONOSEM_SAE_TOKENS"):
+        RunConfig.from_env(environ={}, sae_train_tokens=0)
     with pytest.raises(MonosemError, match="MONOSEM_LAYERS"):
         RunConfig.from_env(environ={}, layers=())
-    with pytest.raises(MonosemError, match="MONOSEM_SAE_STEPS"):
-        RunConfig.from_env(environ={}, sae_steps=True)  # a bool is not a step count
+    with pytest.raises(MonosemError, match="MONOSEM_SAE_TOKENS"):
+        RunConfig.from_env(environ={}, sae_train_tokens=True)  # a bool is not a token count
 
 
 def test_replace_validates():
@@ -223,7 +231,7 @@ def test_update_readme_check_passes():
 
 # one invalid environment value per validated field (paths accept any text)
 INVALID = {"model": "  ", "layers": "x", "batch_size": "0", "device": "tpu", "dtype": "int8", "background": "foo", "background_tokens": "0",
-           "n_eval_texts": "0", "sae_presets": "nope", "sae_steps": "0", "sae_batch": "0", "sae_expansion": "0", "sae_k": "0", "seed": "-1",
+           "n_eval_texts": "0", "n_fidelity_texts": "0", "sae_presets": "nope", "sae_train_tokens": "0", "sae_batch": "0", "sae_buffer_tokens": "0", "sae_expansion": "0", "sae_k": "0", "seed": "-1",
            "threshold": "2", "alpha": "1", "pooling": "max", "sae_preset": "nope", "n_permutations": "0", "n_bootstrap": "0", "n_splits": "0",
            "sae_source": "  ", "top_k": "0", "save_figures": "maybe", "hf_hub_offline": "maybe"}
 

@@ -140,8 +140,8 @@ def test_a_meta_json_without_every_checksum_or_cut_short_is_invalid(small_cache,
 
 
 @pytest.mark.parametrize("variable, value, message", [
-    ("MONOSEM_SAE_STEPS", "0", "MONOSEM_SAE_STEPS.*must be >= 1"),
-    ("MONOSEM_SAE_STEPS", "-5", "MONOSEM_SAE_STEPS.*must be >= 1"),
+    ("MONOSEM_SAE_TOKENS", "0", "MONOSEM_SAE_TOKENS.*must be >= 1"),
+    ("MONOSEM_SAE_TOKENS", "-5", "MONOSEM_SAE_TOKENS.*must be >= 1"),
     ("MONOSEM_SAE_BATCH", "0", "MONOSEM_SAE_BATCH.*must be >= 1"),
     ("MONOSEM_ALPHA", "2", r"MONOSEM_ALPHA.*must lie in \(0, 1\)"),
     ("MONOSEM_ALPHA", "-1", r"MONOSEM_ALPHA.*must lie in \(0, 1\)"),
@@ -161,13 +161,13 @@ def test_a_missing_gpu_fails_when_the_config_is_built():
 
 
 def test_a_bad_setting_stops_notebook_02_before_any_sae_is_touched(tmp_path, saved_sae):
-    """The notebook itself: MONOSEM_SAE_STEPS=0 fails in the parameters cell; the SAE folder keeps its bytes."""
+    """The notebook itself: MONOSEM_SAE_TOKENS=0 fails in the parameters cell; the SAE folder keeps its bytes."""
     before = {p.name: p.read_bytes() for p in saved_sae.iterdir()}
-    env = {**os.environ, "MONOSEM_DATA_DIR": str(tmp_path / "data"), "MONOSEM_SAE_STEPS": "0"}
+    env = {**os.environ, "MONOSEM_DATA_DIR": str(tmp_path / "data"), "MONOSEM_SAE_TOKENS": "0"}
     proc = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--output-dir", str(tmp_path / "out"),
                            str(ROOT / "notebooks" / "02_train_sae.ipynb")], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "MONOSEM_SAE_STEPS (sae_steps) = 0 is invalid" in proc.stderr and "allowed: >= 1" in proc.stderr
+    assert "MONOSEM_SAE_TOKENS (sae_train_tokens) = 0 is invalid" in proc.stderr and "allowed: >= 1" in proc.stderr
     assert not (tmp_path / "data").exists(), "nothing may be written when a setting is bad"
     assert {p.name: p.read_bytes() for p in saved_sae.iterdir()} == before
 
@@ -273,27 +273,20 @@ def test_a_temp_folder_is_stale_only_when_its_writer_is_gone(tmp_path):
 
 CHILD = textwrap.dedent("""
     import hashlib, sys
-    from monosem.cache import load_or_extract_concepts, load_or_extract_corpus
     from monosem.config import RunConfig
-    from monosem.corpus import background_split
-    from monosem.dataset import load_concepts
-    from monosem.model import resolve_model
-    from monosem.paths import model_paths
-    from monosem.run import open_run, write_manifest
-    from monosem.sae.train import train_or_load_sae
+    from monosem.run import open_run
+    from monosem.sae.train import SAEJob, train_or_load_saes, training_plan
+    from monosem.store import ActivationStore
+    from monosem.testing import run_notebook01
 
     data, csv = sys.argv[1], sys.argv[2]
-    cfg = RunConfig.from_env({}, model="bundled", layers=(0,), data_dir=data, concepts=csv, background_tokens=1500, n_eval_texts=2,
-                             hf_hub_offline=True, sae_presets=("reference",), sae_steps=40, sae_batch=64)
-    spec = resolve_model(cfg.model, True)
-    mp = model_paths(cfg.data_path, spec.used)
-    df = load_concepts(cfg.concepts_path)
-    concepts = load_or_extract_concepts(mp, spec, df, list(cfg.layers))
-    train, held_out = background_split(cfg.background_tokens, cfg.background, cfg.n_eval_texts)
-    background = load_or_extract_corpus(mp, spec, train, list(cfg.layers), dtype=cfg.dtype)
-    write_manifest(cfg, spec, list(cfg.layers), df, concepts, background, held_out)
+    cfg = RunConfig.from_env({}, model="bundled", layers=(0,), data_dir=data, concepts=csv, background="pydoc", background_tokens=1500, n_eval_texts=2,
+                             hf_hub_offline=True, sae_presets=("reference",), sae_train_tokens=2560, sae_batch=64)
+    made = run_notebook01(cfg)
     run = open_run(cfg)
-    train_or_load_sae(run.paths, run.spec, run.caches, 0, "reference", cfg.sae_steps, cfg.sae_batch, cfg.seed)
+    plan = training_plan(cfg.sae_train_tokens, cfg.sae_batch, cfg.sae_buffer_tokens, 384, "cpu")
+    store = ActivationStore(made["model"], made["tokenizer"], run.corpus.train_texts(), run.layers, seed=cfg.seed)
+    train_or_load_saes(run.paths, run.spec, [SAEJob("reference", 0)], plan, store, run.caches, run.heldout, run.corpus_title, cfg.seed, progress=False)
     print(hashlib.sha256((run.paths.sae(0) / "sae_weights.safetensors").read_bytes()).hexdigest())
 """)
 
@@ -320,7 +313,7 @@ def test_two_runs_at_once_on_one_data_folder_both_finish_with_identical_results(
 def test_float16_storage_runs_all_four_notebooks(tmp_path):
     """A setting notebook 01 accepts works in 02-04: they open its caches through the run manifest."""
     env = {**os.environ, "MONOSEM_DATA_DIR": str(tmp_path / "data"), "MONOSEM_DTYPE": "float16", "MONOSEM_LAYERS": "1",
-           "MONOSEM_SAE_PRESETS": "reference", "MONOSEM_SAE_STEPS": "50", "MONOSEM_BACKGROUND_TOKENS": "2000", "MONOSEM_PERMUTATIONS": "50",
+           "MONOSEM_SAE_PRESETS": "reference", "MONOSEM_SAE_TOKENS": "12800", "MONOSEM_SAE_BATCH": "256", "MONOSEM_BACKGROUND_TOKENS": "2000", "MONOSEM_PERMUTATIONS": "50",
            "MONOSEM_BOOTSTRAP": "50", "MONOSEM_SPLITS": "5"}
     for name in ("01_extract_activations", "02_train_sae", "03_selectivity", "04_word_level_exploration"):
         proc = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--output-dir", str(tmp_path / "out"),

@@ -22,5 +22,5 @@ def test_no_pickle_and_no_remote_code_anywhere():
 def test_bad_environment_values_say_which_variable():
     with pytest.raises(MonosemError, match="MONOSEM_LAYERS='one,two' is invalid"):
         RunConfig.from_env({"MONOSEM_LAYERS": "one,two"})
-    with pytest.raises(MonosemError, match="MONOSEM_SAE_STEPS='many' is invalid"):
-        RunConfig.from_env({"MONOSEM_SAE_STEPS": "many"})
+    with pytest.raises(MonosemError, match="MONOSEM_SAE_TOKENS='many' is invalid"):
+        RunConfig.from_env({"MONOSEM_SAE_TOKENS": "many"})

@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from monosem.cache import load_or_extract_concepts, load_or_extract_corpus
 from monosem.config import MonosemError, RunConfig
-from monosem.corpus import background_split
 from monosem.dataset import load_concepts
 from monosem.model import load_model, resolve_model
 from monosem.paths import manifest_path, model_paths
-from monosem.run import open_run, write_manifest
-from monosem.testing import small_concepts
+from monosem.run import open_run
+from monosem.testing import run_notebook01, small_concepts
 
 ROOT = Path(__file__).resolve().parents[1]
 NB01 = "01_extract_activations"
@@ -27,15 +25,9 @@ def model():
 
 
 def extract(cfg: RunConfig, model) -> dict:
-    """What notebook 01 does, without the notebook: extract both caches for ``cfg`` and write the manifest."""
+    """What notebook 01 does, without the notebook: extract the caches for ``cfg`` and write the manifest."""
     spec, net, tok = model
-    mp = model_paths(cfg.data_path, spec.used)
-    df = load_concepts(cfg.concepts_path)
-    concepts = load_or_extract_concepts(mp, spec, df, list(cfg.layers), 16, "cpu", (net, tok))
-    train_texts, eval_texts = background_split(cfg.background_tokens, cfg.background, cfg.n_eval_texts)
-    background = load_or_extract_corpus(mp, spec, train_texts, list(cfg.layers), 16, "cpu", (net, tok), cfg.dtype)
-    path = write_manifest(cfg, spec, list(cfg.layers), df, concepts, background, eval_texts)
-    return {"spec": spec, "df": df, "concepts": concepts, "background": background, "train_texts": train_texts, "eval_texts": eval_texts, "manifest": path}
+    return run_notebook01(cfg, (net, tok))
 
 
 def small_csv(folder: Path) -> Path:
@@ -48,7 +40,7 @@ def small_csv(folder: Path) -> Path:
 
 def make_cfg(data_dir: Path, csv: Path, **changes) -> RunConfig:
     return RunConfig.from_env(environ={}, model="bundled", layers=(0,), data_dir=data_dir, concepts=csv, background_tokens=400, n_eval_texts=2,
-                              hf_hub_offline=True, **changes)
+                              hf_hub_offline=True, background="pydoc", **changes)
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +58,13 @@ def test_open_run_reopens_what_notebook_01_made(built):
     assert run.layers == [0]
     assert run.concepts.key == made["concepts"].key and run.background.key == made["background"].key
     assert run.concepts.folder == made["concepts"].folder and run.background.folder == made["background"].folder
-    assert [c.key for c in run.caches] == [made["concepts"].key, made["background"].key]
-    assert run.eval_texts == made["eval_texts"] and len(run.eval_texts) == 2
-    assert run.background.texts() == made["train_texts"]
-    assert not set(run.eval_texts) & set(run.background.texts()), "held-out texts must not be in the training corpus"
+    assert [c.key for c in run.caches] == [made["background"].key], "SAEs initialise from the corpus sample; concept sentences are not training data"
+    assert run.heldout.key == made["heldout"].key and run.corpus.key == made["corpus"].key and run.corpus_title == "Python docs (pydoc)"
+    assert run.heldout.texts() == run.corpus.heldout_texts() and len(run.corpus.heldout_texts()) == 2
+    assert run.fidelity_texts() == run.corpus.heldout_texts()[: cfg.n_fidelity_texts]
+    assert run.background.texts() == made["sample"] and set(made["sample"]) <= set(run.corpus.train_texts())
+    assert not set(run.corpus.heldout_texts()) & set(run.corpus.train_texts()), "held-out texts must not be in the training corpus"
+    assert run.corpus_tokens > run.background.n_tokens
     assert run.df.equals(made["df"])
     assert run.paths == model_paths(cfg.data_path, made["spec"].used)
     assert run.background.tokens(0).shape == made["background"].tokens(0).shape
@@ -80,6 +75,7 @@ def test_open_run_reopens_what_notebook_01_made(built):
     ({"dtype": "float16"}, "MONOSEM_DTYPE"),
     ({"background_tokens": 500}, "MONOSEM_BACKGROUND_TOKENS"),
     ({"n_eval_texts": 3}, "MONOSEM_EVAL_TEXTS"),
+    ({"background": "wordnet"}, "MONOSEM_BACKGROUND"),
 ])
 def test_settings_mismatch_names_notebook_01(built, change, names):
     cfg, _ = built

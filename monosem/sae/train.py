@@ -1,4 +1,4 @@
-"""SAE training: the token stream, initialisation by preset, the Adam loop, metrics, and train-or-load with a keyed folder."""
+"""SAE training: the plan (tokens, batch), initialisation by preset, the Adam loop fed from a tensor or the streaming store, metrics, and train-or-load by key."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from monosem.sae.base import SAE, TrainState
 from monosem.sae.presets import PRESETS
 from monosem.sae.registry import make_sae, sae_class
 from monosem.sae.saelens import load_sae, save_sae
+from monosem.store import ActivationStore
 
 log = logging.getLogger(__name__)
 
@@ -130,48 +133,141 @@ def init_sae(source: TokenSource, preset: str, gen: torch.Generator, seed: int =
     return sae, cfg
 
 
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How many tokens every SAE trains on, in which batches, and through how large a shuffle buffer."""
+
+    train_tokens: int  # asked for; the SAEs see steps * batch_size of them
+    batch_size: int
+    buffer_tokens: int
+    why: str  # where the values came from (settings or the defaults for this model size and device)
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.train_tokens // self.batch_size)
+
+    @property
+    def tokens_per_sae(self) -> int:
+        return self.steps * self.batch_size
+
+
+# Defaults by device and model size: (device kinds, largest d_model, tokens per SAE, batch). README "Training" states them.
+TRAINING_DEFAULTS: tuple[tuple[tuple[str, ...], int | None, int, int], ...] = (
+    (("cuda", "mps"), None, 10_000_000, 4096),  # a GPU: 10M tokens, as SAE training runs in the field start at 1e7
+    (("cpu",), 512, 1_000_000, 1024),  # the bundled all-MiniLM-L6-v2 (d_model 384) and models of its size
+    (("cpu",), None, 250_000, 1024),  # GPT-2 Medium size on a CPU: the run finishes in about half an hour on 2 cores
+)
+
+
+def training_plan(train_tokens: int | None, batch_size: int | None, buffer_tokens: int, d_model: int, device: torch.device | str) -> TrainingPlan:
+    """The plan from the settings (``MONOSEM_SAE_TOKENS``, ``MONOSEM_SAE_BATCH``; None = the default for ``d_model`` on ``device``)."""
+    kind = torch.device(device).type
+    rows = [row for row in TRAINING_DEFAULTS if (kind if kind in ("cuda", "mps") else "cpu") in row[0] and (row[1] is None or d_model <= row[1])]
+    _, max_d, tokens, batch = rows[0]
+    size = f"d_model <= {max_d}" if max_d is not None else f"d_model {d_model}"
+    chosen = [name for name, value in (("MONOSEM_SAE_TOKENS", train_tokens), ("MONOSEM_SAE_BATCH", batch_size)) if value is not None]
+    why = f"defaults for {size} on {kind}" + (f", overridden by {' and '.join(chosen)}" if chosen else "")
+    plan = TrainingPlan(train_tokens or tokens, batch_size or batch, buffer_tokens, why)
+    if plan.train_tokens < plan.batch_size:
+        raise MonosemError(f"MONOSEM_SAE_TOKENS = {plan.train_tokens} is less than one batch (MONOSEM_SAE_BATCH = {plan.batch_size}); raise it or lower the batch")
+    return plan
+
+
+class SAETrainer:
+    """One SAE in training: initialised for the data of ``init_source``, then fed one batch of raw activations at a time.
+
+    Adam with the preset's warm-up and decay; the per-step work stays on the device (losses go into a
+    preallocated tensor read back once in ``finish``). With ``scale_inputs`` the SAE trains on inputs
+    scaled to mean norm sqrt(d_in), and ``finish`` folds the scale into the weights, so the returned
+    SAE encodes raw activations. The loss is the architecture's own (``SAE.training_loss``).
+    """
+
+    def __init__(self, init_source: TokenSource, preset: str, steps: int, seed: int = 0, device: torch.device | str = "cpu",
+                 gen: torch.Generator | None = None, **overrides: Any):
+        self.gen = gen or torch.Generator().manual_seed(seed)
+        self.preset, self.steps, self.device = preset, steps, device
+        self.sae, self.cfg = init_sae(init_source, preset, self.gen, seed, **overrides)
+        self.scale = self.cfg.get("input_scale", 1.0)
+        self.sae.to(device)
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.cfg["lr"], fused=torch.device(device).type in ("cpu", "cuda"))  # one kernel, ~5x faster
+        cfg = self.cfg
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: _schedule(s, steps, cfg["lr_warmup"], cfg["lr_decay"]))
+        self.state = TrainState(0, steps, cfg, torch.zeros(self.sae.d_sae, device=device))
+        self.losses = torch.zeros(steps, 3, device=device)
+        self.seconds = 0.0
+
+    def step(self, x: Tensor) -> None:
+        """One optimiser step on raw activations ``x`` [batch, d_in]."""
+        t0 = time.perf_counter()
+        step = self.state.step
+        if step >= self.steps:
+            raise MonosemError(f"this {self.preset} SAE was planned for {self.steps} steps and has taken them all")
+        parts = self.sae.training_loss(x * self.scale, self.state)
+        self.opt.zero_grad(set_to_none=True)
+        parts.loss.backward()
+        self.opt.step()
+        self.sched.step()
+        with torch.no_grad():
+            self.sae.after_step()
+            self.state.since_fired = torch.where(parts.fired, 0.0, self.state.since_fired + 1)
+            self.losses[step] = torch.stack([parts.loss.detach(), parts.reconstruction.detach(), parts.sparsity.detach()])
+        if "dead_steps" in self.cfg and step % 25 == 0:
+            self.state.any_dead = bool((self.state.since_fired > self.cfg["dead_steps"]).any())
+        self.state.step = step + 1
+        self.seconds += time.perf_counter() - t0
+
+    def finish(self) -> tuple[SAE, list[dict], dict]:
+        """The trained SAE on the CPU (input scale folded in), the loss of every step and the full config."""
+        if self.state.step != self.steps:
+            raise MonosemError(f"this {self.preset} SAE took {self.state.step} of its {self.steps} steps; the activation store ran out")
+        sae = self.sae.eval().cpu()
+        if self.scale != 1.0:
+            sae.fold_input_scale(self.scale)
+        names = ("loss", "mse", sae.sparsity_name)
+        history = [{"step": i + 1, **dict(zip(names, row))} for i, row in enumerate(self.losses.cpu().tolist())]
+        return sae, history, self.cfg
+
+
 def train_sae(acts: Tensor | TokenSource, preset: str = "reference", steps: int = 2000, batch_size: int = 256, seed: int = 0,
               progress: bool = True, device: torch.device | str = "cpu", **overrides: Any) -> tuple[SAE, list[dict], dict]:
-    """Train an SAE on token activations [n_tokens, d_in] with Adam; returns it, the loss of every step and the config.
-
-    The per-step work stays on the device: losses go into a preallocated tensor read back once at
-    the end. With ``scale_inputs`` the SAE trains on inputs scaled to mean norm sqrt(d_in) and the
-    scale is folded into the returned weights, so it encodes raw activations. The loss is the
-    architecture's own (``SAE.training_loss``).
-    """
+    """Train an SAE on token activations [n_tokens, d_in] (batches drawn at random with replacement); returns it, the
+    loss of every step and the config. See ``SAETrainer``; ``train_on_store`` trains from the streaming store instead."""
     from tqdm.auto import tqdm
 
     if steps < 1 or batch_size < 1:
-        raise MonosemError(f"training needs steps >= 1 and batch_size >= 1 (MONOSEM_SAE_STEPS, MONOSEM_SAE_BATCH), got {steps} and {batch_size}")
+        raise MonosemError(f"training needs steps >= 1 and batch_size >= 1 (MONOSEM_SAE_TOKENS, MONOSEM_SAE_BATCH), got {steps} and {batch_size}")
     source = TokenSource.of(acts)
-    gen = torch.Generator().manual_seed(seed)
-    sae, cfg = init_sae(source, preset, gen, seed, **overrides)
-    scale = cfg.get("input_scale", 1.0)
-    sae.to(device)
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg["lr"], fused=torch.device(device).type in ("cpu", "cuda"))  # one kernel, ~5x faster
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps, cfg["lr_warmup"], cfg["lr_decay"]))
-    state = TrainState(0, steps, cfg, torch.zeros(sae.d_sae, device=device))
-    losses = torch.zeros(steps, 3, device=device)
-    for step in tqdm(range(steps), desc=f"train SAE ({preset})", disable=not progress, mininterval=1):
-        state.step = step
-        x = source.rows(torch.randint(0, source.n, (batch_size,), generator=gen)).to(device) * scale
-        parts = sae.training_loss(x, state)
-        opt.zero_grad(set_to_none=True)
-        parts.loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            sae.after_step()
-            state.since_fired = torch.where(parts.fired, 0.0, state.since_fired + 1)
-            losses[step] = torch.stack([parts.loss.detach(), parts.reconstruction.detach(), parts.sparsity.detach()])
-        if "dead_steps" in cfg and step % 25 == 0:
-            state.any_dead = bool((state.since_fired > cfg["dead_steps"]).any())
-    sae.eval().cpu()
-    if scale != 1.0:
-        sae.fold_input_scale(scale)
-    names = ("loss", "mse", sae.sparsity_name)
-    history = [{"step": i + 1, **dict(zip(names, row))} for i, row in enumerate(losses.cpu().tolist())]
-    return sae, history, cfg
+    trainer = SAETrainer(source, preset, steps, seed, device, **overrides)
+    for _ in tqdm(range(steps), desc=f"train SAE ({preset})", disable=not progress, mininterval=1):
+        trainer.step(source.rows(torch.randint(0, source.n, (batch_size,), generator=trainer.gen)).to(device))
+    return trainer.finish()
+
+
+def train_on_store(store: ActivationStore, trainers: dict[tuple[str, int], SAETrainer], batch_size: int, progress: bool = True) -> None:
+    """Feed every trainer ({(preset, layer): trainer}, all planned for the same steps) from one pass of ``store``:
+    each batch of a layer trains every preset of that layer."""
+    from tqdm.auto import tqdm
+
+    steps = {t.steps for t in trainers.values()}
+    if len(steps) != 1:
+        raise MonosemError(f"the SAEs trained in one pass must plan the same number of steps, got {sorted(steps)}")
+    n_steps = steps.pop()
+    desc = f"train {len(trainers)} SAEs ({batch_size} tokens per step)"
+    for batch in tqdm(store.batches(batch_size, n_steps), total=n_steps, desc=desc, disable=not progress, mininterval=1):
+        for (_, layer), trainer in trainers.items():
+            trainer.step(batch[layer])
+
+
+def loss_change_last10pct(history: Sequence[dict], key: str = "loss") -> float:
+    """Relative change of the training loss over the last 10% of steps: (mean over the last 5% of steps - mean over
+    the 5% of steps that end where the last 10% begin) / |the latter|. Near 0: training has levelled off; clearly
+    negative: the loss is still falling."""
+    losses = np.asarray([row[key] for row in history], dtype=np.float64)
+    n = len(losses)
+    w = max(1, round(0.05 * n))
+    start = n - max(1, round(0.1 * n))
+    before = losses[max(0, start - w) : start] if start > 0 else losses[:1]
+    return float((losses[-w:].mean() - before.mean()) / abs(before.mean())) if before.mean() != 0 else float("nan")
 
 
 def untrained_sae(source: TokenSource, preset: str = "reference", seed: int = 0, **overrides: Any) -> SAE:
@@ -213,42 +309,79 @@ def encode_all(sae: SAE, acts: Tensor, batch_size: int = 8192) -> Tensor:
     return torch.cat([sae.encode(acts[i : i + batch_size].float()) for i in range(0, len(acts), batch_size)])
 
 
-def train_or_load_sae(mp: ModelPaths, spec: ModelSpec, caches: Sequence[ActivationCache], layer: int, preset: str = "reference", steps: int = 2000,
-                      batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu", **overrides: Any) -> tuple[SAE, dict]:
-    """The SAE of ``layer``: loaded when the saved one was trained on the same data and settings, else trained and saved.
+@dataclass(frozen=True)
+class SAEJob:
+    """One SAE of a run: its preset, layer and the run's overrides of the preset (``preset_overrides``)."""
 
-    ``caches``: the activation caches whose tokens form the training set (concept sentences,
-    background corpus). Returns the SAE and its ``training.json`` record (key, settings, history,
-    metrics on the training tokens, seconds, tokens/s).
-    """
-    settings = {"preset": preset, "config": {**PRESETS.get(preset, {}), **overrides}, "steps": steps, "batch_size": batch_size, "seed": seed,
-                "activations": [c.meta["key"] for c in caches], "layer": int(layer), "code_version": CODE_VERSION}
-    key = hash_json(settings)
-    folder = mp.sae(layer, preset)
-    clean_stale_temp(folder.parent)
-    with file_lock(folder):  # a second run on this data folder waits here, then loads what the first one trained
-        return _load_or_train(folder, key, settings, spec, caches, layer, preset, steps, batch_size, seed, device, overrides)
+    preset: str
+    layer: int
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def _load_or_train(folder: Path, key: str, settings: dict, spec: ModelSpec, caches: Sequence[ActivationCache], layer: int, preset: str, steps: int,
-                   batch_size: int, seed: int, device: torch.device | str, overrides: dict[str, Any]) -> tuple[SAE, dict]:
-    """The SAE in ``folder`` if its ``training.json`` has ``key``, else a newly trained one, saved only if its weights are finite."""
+def _job_settings(job: SAEJob, plan: TrainingPlan, store: ActivationStore, init_caches: Sequence[ActivationCache], spec: ModelSpec,
+                  seed: int) -> dict[str, Any]:
+    """Everything that determines the SAE of ``job`` (its training key hashes this)."""
+    return {"preset": job.preset, "config": {**PRESETS.get(job.preset, {}), **job.overrides}, "layer": int(job.layer), "seed": seed,
+            "train_tokens": plan.tokens_per_sae, "batch_size": plan.batch_size, "stream": store.key_inputs(),
+            "init_activations": [c.key for c in init_caches], "model_revision": spec.revision, "code_version": CODE_VERSION}
+
+
+def _load_trained(folder: Path, key: str) -> tuple[SAE, dict] | None:
+    """The SAE in ``folder`` if its ``training.json`` has ``key`` (an unreadable one is retrained, never trusted)."""
     record_path = folder / "training.json"
-    if record_path.is_file():
-        try:
-            record = json.loads(record_path.read_text(encoding="utf-8"))
-            if record.get("key") == key:
-                sae, _ = load_sae(folder)
-                log.info("layer %d: loaded the %s SAE trained with these settings from %s", layer, preset, folder)
-                return sae, record
-        except Exception as exc:  # an unreadable SAE is retrained, never trusted
-            warnings.warn(f"SAE at {folder} is unreadable ({exc}); retraining it", stacklevel=2)
-    source = TokenSource.from_caches(caches, layer)
-    t0 = time.perf_counter()
-    sae, history, cfg = train_sae(source, preset, steps, batch_size, seed, device=device, **overrides)
-    seconds = time.perf_counter() - t0
-    record = {"key": key, "settings": settings, "config": cfg, "history": history, "metrics": sae_metrics(sae, source),
-              "seconds": round(seconds, 2), "tokens_per_second": round(steps * batch_size / seconds, 1)}
-    save_sae(sae, folder, spec.used, layer, {"training_key": key, "preset": preset}, training=record)
-    log.info("layer %d: trained the %s SAE in %.1f s -> %s", layer, preset, seconds, folder)
-    return sae, record
+    if not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record.get("key") == key:
+            return load_sae(folder)[0], record
+    except Exception as exc:
+        warnings.warn(f"SAE at {folder} is unreadable ({exc}); retraining it", stacklevel=3)
+    return None
+
+
+def train_or_load_saes(mp: ModelPaths, spec: ModelSpec, jobs: Sequence[SAEJob], plan: TrainingPlan, store: ActivationStore,
+                       init_caches: Sequence[ActivationCache], heldout: ActivationCache, corpus: str, seed: int = 0,
+                       device: torch.device | str = "cpu", progress: bool = True) -> dict[tuple[str, int], tuple[SAE, dict]]:
+    """The SAE of every job: loaded when the saved one was trained with the same settings, the rest trained together
+    in one pass of ``store`` (the model runs once for all of them) and saved.
+
+    ``init_caches``: the corpus sample whose mean and norm initialise the SAEs (and scale their inputs);
+    ``heldout``: the held-out corpus texts' activations, on which FVE, L0 and the dead fraction are
+    measured; ``corpus``: the corpus's name for the records. Returns {(preset, layer): (SAE, training.json record)}.
+    """
+    settings = {(j.preset, j.layer): _job_settings(j, plan, store, init_caches, spec, seed) for j in jobs}
+    folders = {(j.preset, j.layer): mp.sae(j.layer, j.preset) for j in jobs}
+    for folder in set(f.parent for f in folders.values()):
+        clean_stale_temp(folder)
+    out: dict[tuple[str, int], tuple[SAE, dict]] = {}
+    with ExitStack() as locks:  # a second run on this data folder waits here, then loads what the first one trained
+        for folder in sorted(set(folders.values())):
+            locks.enter_context(file_lock(folder))
+        for job in jobs:
+            jk = (job.preset, job.layer)
+            loaded = _load_trained(folders[jk], hash_json(settings[jk]))
+            if loaded is not None:
+                log.info("layer %d: loaded the %s SAE trained with these settings from %s", job.layer, job.preset, folders[jk])
+                out[jk] = loaded
+        todo = [j for j in jobs if (j.preset, j.layer) not in out]
+        if not todo:
+            return out
+        trainers = {(j.preset, j.layer): SAETrainer(TokenSource.from_caches(init_caches, j.layer), j.preset, plan.steps, seed, device, **j.overrides)
+                    for j in todo}
+        t0 = time.perf_counter()
+        train_on_store(store, trainers, plan.batch_size, progress)
+        wall = time.perf_counter() - t0
+        for jk, trainer in trainers.items():
+            sae, history, cfg = trainer.finish()
+            metrics = sae_metrics(sae, TokenSource.from_caches([heldout], jk[1]))
+            key = hash_json(settings[jk])
+            record = {"key": key, "settings": settings[jk], "config": cfg, "corpus": corpus, "train_tokens": plan.tokens_per_sae,
+                      "epochs": store.epochs, "metrics_on": f"{metrics['n_tokens']} held-out tokens", "metrics": metrics,
+                      "loss_change_last10pct": loss_change_last10pct(history), "history": history,
+                      "seconds": round(trainer.seconds, 2), "tokens_per_second": round(plan.tokens_per_sae / max(trainer.seconds, 1e-9), 1),
+                      "pass_seconds": round(wall, 2), "pass_model_seconds": round(store.model_seconds, 2), "pass_saes": len(trainers)}
+            save_sae(sae, folders[jk], spec.used, jk[1], {"training_key": key, "preset": jk[0], "corpus": corpus}, training=record)
+            log.info("layer %d: trained the %s SAE (%.1f s of steps) -> %s", jk[1], jk[0], trainer.seconds, folders[jk])
+            out[jk] = sae, record
+    return out

@@ -1,11 +1,14 @@
 import pytest
 import torch
 
-from monosem.cache import load_or_extract_concepts
+from monosem.cache import load_or_extract_corpus
 from monosem.config import MonosemError
+from monosem.corpus import background_texts
+from monosem.model import ModelSpec
 from monosem.paths import model_paths
 from monosem.sae.standard import StandardSAE
-from monosem.sae.train import sae_metrics, train_or_load_sae, train_sae
+from monosem.sae.train import SAEJob, SAETrainer, TokenSource, loss_change_last10pct, sae_metrics, train_or_load_saes, train_sae, training_plan
+from monosem.store import ActivationStore
 
 
 def test_metrics_textbook_formulas():
@@ -34,18 +37,89 @@ def test_reference_training_learns_and_is_seeded():
         train_sae(x, "nope", steps=1)
 
 
-def test_train_or_load_skips_retraining(bundled, concepts, data_dir):
-    spec, model, tok = bundled
+def stream_setup(gpt2_tiny, data_dir, layers=(1, 2)):
+    """A tiny random GPT-2 with a corpus: a sample cache (initialisation), a held-out cache and a store factory."""
+    model, tok = gpt2_tiny
+    spec = ModelSpec("tiny", "tiny-gpt2", "/nowhere", "rev")
     mp = model_paths(data_dir, spec.used)
-    df = concepts[concepts.word.isin(["green", "seven", "dog"])].reset_index(drop=True)
-    cache = load_or_extract_concepts(mp, spec, df, [0], model_and_tokenizer=(model, tok))
-    sae, rec = train_or_load_sae(mp, spec, [cache], 0, steps=20, batch_size=16)
-    assert (mp.sae(0) / "training.json").is_file() and len(rec["history"]) == 20
-    sae2, rec2 = train_or_load_sae(mp, spec, [cache], 0, steps=20, batch_size=16)
-    assert rec2["key"] == rec["key"]
-    torch.testing.assert_close(sae2.W_enc, sae.W_enc)
-    _, rec3 = train_or_load_sae(mp, spec, [cache], 0, steps=30, batch_size=16)
-    assert rec3["key"] != rec["key"]
+    texts = background_texts(6000, "pydoc", words_per_text=30)
+    train, heldout = texts[:-12], texts[-12:]
+    init = load_or_extract_corpus(mp, spec, train[:20], list(layers), model_and_tokenizer=(model, tok))
+    held = load_or_extract_corpus(mp, spec, heldout, list(layers), model_and_tokenizer=(model, tok))
+
+    def store(seed=0):
+        return ActivationStore(model, tok, train, list(layers), batch_size=8, buffer_tokens=512, seed=seed)
+
+    return mp, spec, init, held, store
+
+
+def test_one_pass_trains_every_sae_and_a_second_call_loads_them(gpt2_tiny, data_dir):
+    mp, spec, init, held, make_store = stream_setup(gpt2_tiny, data_dir)
+    jobs = [SAEJob("reference", 1), SAEJob("topk", 1, {"expansion": 2, "k": 4}), SAEJob("topk", 2, {"expansion": 2, "k": 4})]
+    plan = training_plan(1280, 64, 512, 64, "cpu")
+    store = make_store()
+    out = train_or_load_saes(mp, spec, jobs, plan, store, [init], held, "pydoc", progress=False)
+    assert set(out) == {("reference", 1), ("topk", 1), ("topk", 2)}
+    assert store.epochs == 1 and 1280 <= store.tokens_run < 1280 + 8 * 130, "one model pass fed all three SAEs"
+    for (preset, layer), (sae, rec) in out.items():
+        assert rec["train_tokens"] == 1280 and len(rec["history"]) == 20 and rec["corpus"] == "pydoc"
+        assert rec["metrics"]["n_tokens"] == held.n_tokens, "metrics are measured on the held-out tokens"
+        assert rec["metrics"] == sae_metrics(sae, TokenSource.from_caches([held], layer))
+        assert rec["loss_change_last10pct"] == loss_change_last10pct(rec["history"])
+        assert (mp.sae(layer, preset) / "training.json").is_file()
+    again_store = make_store()
+    again = train_or_load_saes(mp, spec, jobs, plan, again_store, [init], held, "pydoc", progress=False)
+    assert again_store.tokens_run == 0, "everything was loaded: the model did not run"
+    for jk in out:
+        assert again[jk][1]["key"] == out[jk][1]["key"]
+        torch.testing.assert_close(again[jk][0].W_enc, out[jk][0].W_enc)
+    longer = train_or_load_saes(mp, spec, jobs[:1], training_plan(1920, 64, 512, 64, "cpu"), make_store(), [init], held, "pydoc", progress=False)
+    assert longer["reference", 1][1]["key"] != out["reference", 1][1]["key"] and longer["reference", 1][1]["train_tokens"] == 1920
+
+
+def test_an_sae_trained_alone_equals_the_one_trained_beside_others(gpt2_tiny, data_dir, tmp_path):
+    """The batches of a layer do not depend on which other SAEs share the pass, so loading some and training the
+    rest gives the SAEs that training all of them together gives."""
+    mp, spec, init, held, make_store = stream_setup(gpt2_tiny, data_dir)
+    plan = training_plan(640, 64, 512, 64, "cpu")
+    together = train_or_load_saes(mp, spec, [SAEJob("l1", 1, {"expansion": 2}), SAEJob("l1", 2, {"expansion": 2})], plan, make_store(), [init], held, "x",
+                                  progress=False)
+    mp2 = model_paths(tmp_path / "other", spec.used)
+    alone = train_or_load_saes(mp2, spec, [SAEJob("l1", 2, {"expansion": 2})], plan, make_store(), [init], held, "x", progress=False)
+    assert torch.equal(alone["l1", 2][0].W_enc, together["l1", 2][0].W_enc)
+    other_seed = train_or_load_saes(mp2, spec, [SAEJob("l1", 2, {"expansion": 2})], plan, make_store(seed=1), [init], held, "x", seed=1, progress=False)
+    assert not torch.equal(other_seed["l1", 2][0].W_enc, together["l1", 2][0].W_enc)
+
+
+def test_training_plan_defaults_by_model_size_and_device():
+    small, large = training_plan(None, None, 32768, 384, "cpu"), training_plan(None, None, 32768, 1024, "cpu")
+    assert small.train_tokens >= 1_000_000 and small.batch_size == 1024 and "d_model <= 512 on cpu" in small.why
+    assert large.train_tokens < small.train_tokens and "d_model 1024 on cpu" in large.why
+    gpu = training_plan(None, None, 32768, 1024, "cuda")
+    assert gpu.train_tokens >= 10_000_000 and gpu.batch_size == 4096
+    chosen = training_plan(5000, 256, 1024, 384, "cpu")
+    assert (chosen.steps, chosen.tokens_per_sae) == (19, 4864) and "MONOSEM_SAE_TOKENS and MONOSEM_SAE_BATCH" in chosen.why
+    with pytest.raises(MonosemError, match="less than one batch"):
+        training_plan(100, 256, 1024, 384, "cpu")
+
+
+def test_loss_change_over_the_last_tenth_of_steps():
+    flat = [{"loss": 1.0} for _ in range(100)]
+    falling = [{"loss": 100.0 - i} for i in range(100)]  # last 5%: steps 95..99 -> mean 3.0; steps 85..89 -> mean 13.0
+    assert loss_change_last10pct(flat) == 0.0
+    assert loss_change_last10pct(falling) == pytest.approx((3.0 - 13.0) / 13.0)
+    assert loss_change_last10pct([{"loss": 2.0}, {"loss": 1.0}]) == pytest.approx(-0.5)
+
+
+def test_a_trainer_refuses_steps_beyond_its_plan_and_an_unfinished_one_is_an_error():
+    trainer = SAETrainer(TokenSource.of(torch.randn(50, 4)), "reference", steps=2)
+    with pytest.raises(MonosemError, match="took 0 of its 2 steps"):
+        trainer.finish()
+    trainer.step(torch.randn(8, 4))
+    trainer.step(torch.randn(8, 4))
+    with pytest.raises(MonosemError, match="planned for 2 steps"):
+        trainer.step(torch.randn(8, 4))
+    assert len(trainer.finish()[1]) == 2
 
 
 @pytest.mark.parametrize("preset", ["l1", "topk"])
