@@ -10,14 +10,18 @@ dashboards. Tests, benchmarks and scripts import ``monosem`` directly.
 from __future__ import annotations
 
 from monosem.activations import count_tokens, position_norms, word_token_check
-from monosem.bases import compare_bases, standard_bases, trained_sae_basis
+from monosem.bases import CONTROL_NAME, compare_bases, random_control_bases, standard_bases, trained_sae_basis
 from monosem.cache import load_or_extract_concepts, load_or_extract_corpus
+from monosem.causal import ablation_output_change, causal_effects
 from monosem.config import RunConfig
 from monosem.corpus import corpus_words_needed, load_or_build_corpus, resolve_corpus, sample_texts, show_corpus_banner
-from monosem.dataset import load_concepts
+from monosem.criterion import Criterion, frame_rows
+from monosem.dataset import CATEGORIES, CONCEPTS, load_concepts
 from monosem.fidelity import splice_fidelity_many
 from monosem.model import check_layers, get_blocks, load_model, load_tokenizer, resolve_model, show_model_banner
 from monosem.paths import model_paths
+from monosem.reference_study import reference_run
+from monosem.report import findings
 from monosem.results import (
     SaeMetricsFile,
     build_summary,
@@ -25,6 +29,7 @@ from monosem.results import (
     export_feature_json,
     read_selectivity_tables,
     read_summary,
+    reference_study_json,
     sae_metrics_entry,
     save_figure,
     write_sae_metrics,
@@ -34,12 +39,13 @@ from monosem.results import (
 from monosem.run import analysed_saes, open_run, write_manifest
 from monosem.runtime import pick_device, set_seed
 from monosem.sae.presets import PRESETS, preset_overrides
-from monosem.sae.saelens import check_saelens_roundtrip, load_sae
+from monosem.sae.saelens import check_saelens_roundtrip
 from monosem.sae.train import SAEJob, TokenSource, train_or_load_saes, training_plan
-from monosem.selectivity import layer_summary, monosemantic, reference_pick, significant, summary_line, top_features, top_words, word_means
+from monosem.scorecard import set_causal_columns
+from monosem.selectivity import layer_summary, reference_pick, summary_line, top_features, top_words, word_means
 from monosem.store import ActivationStore
 from monosem.viz.dashboard import FeatureDashboard, build_dashboards
-from monosem.viz.figures import fig_bases, fig_concept_means, fig_loss_curves, fig_norms, fig_preset_comparison, fig_selectivity, fig_word_heatmap
+from monosem.viz.figures import fig_concept_means, fig_loss_curves, fig_norms, fig_preset_comparison, fig_scorecard, fig_selectivity, fig_word_heatmap
 from monosem.viz.widgets import SelectivityExplorer, WordExplorer
 
 __all__ = [
@@ -47,20 +53,25 @@ __all__ = [
     "pick_device", "set_seed",
     "check_layers", "get_blocks", "load_model", "load_tokenizer", "resolve_model", "show_model_banner",
     "model_paths",
-    "load_concepts",
+    "CATEGORIES", "CONCEPTS", "load_concepts",
     "corpus_words_needed", "load_or_build_corpus", "resolve_corpus", "sample_texts", "show_corpus_banner",
     "count_tokens", "position_norms", "word_token_check",
     "load_or_extract_concepts", "load_or_extract_corpus",
+    "ActivationStore",
     "analysed_saes", "open_run", "write_manifest",
     "preset_overrides", "PRESETS",
-    "ActivationStore",
     "SAEJob", "TokenSource", "train_or_load_saes", "training_plan",
-    "check_saelens_roundtrip", "load_sae",
+    "check_saelens_roundtrip",
     "splice_fidelity_many",
-    "layer_summary", "monosemantic", "reference_pick", "significant", "summary_line", "top_features", "top_words", "word_means",
-    "compare_bases", "standard_bases", "trained_sae_basis",
-    "build_summary", "collect_sae_metrics", "export_feature_json", "read_selectivity_tables", "read_summary", "SaeMetricsFile", "sae_metrics_entry", "save_figure", "write_sae_metrics", "write_selectivity_tables", "write_summary",
-    "fig_bases", "fig_concept_means", "fig_loss_curves", "fig_norms", "fig_preset_comparison", "fig_selectivity", "fig_word_heatmap",
+    "layer_summary", "reference_pick", "summary_line", "top_features", "top_words", "word_means",
+    "Criterion", "frame_rows",
+    "set_causal_columns",
+    "compare_bases", "CONTROL_NAME", "random_control_bases", "standard_bases", "trained_sae_basis",
+    "ablation_output_change", "causal_effects",
+    "reference_run",
+    "build_summary", "collect_sae_metrics", "export_feature_json", "read_selectivity_tables", "read_summary", "reference_study_json", "sae_metrics_entry", "SaeMetricsFile", "save_figure", "write_sae_metrics", "write_selectivity_tables", "write_summary",
+    "findings",
+    "fig_concept_means", "fig_loss_curves", "fig_norms", "fig_preset_comparison", "fig_scorecard", "fig_selectivity", "fig_word_heatmap",
     "SelectivityExplorer", "WordExplorer",
     "build_dashboards", "FeatureDashboard",
 ]

@@ -195,13 +195,18 @@ class RunConfig:
     seed: int = setting(0, "MONOSEM_SEED", "seed of initialisation, batch order, permutations and bootstrap", int, _int(0, 2**32 - 1), "0..2^32-1")
     # selectivity (notebooks 03-04)
     threshold: float = setting(0.6, "MONOSEM_THRESHOLD", "reference score above which a feature is called monosemantic", float, _float(0, 1), "[0, 1]")
-    alpha: float = setting(0.05, "MONOSEM_ALPHA", "false discovery rate for the q-values", float, _float(0, 1, True, True), "(0, 1)")
+    alpha: float = setting(0.05, "MONOSEM_ALPHA", "level of the confirmation test on held-out words (final label)", float, _float(0, 1, True, True), "(0, 1)")
+    min_replication: float = setting(0.9, "MONOSEM_MIN_REPLICATION", "share of word splits that must confirm a unit's top category for the final label 'selective'",
+                                     float, _float(0, 1, lo_open=True), "(0, 1]")
     pooling: str = setting("mean", "MONOSEM_POOLING", "word-level pooling of token activations", str, _one_of(POOLINGS), ", ".join(POOLINGS))
     sae_preset: str = setting("reference", "MONOSEM_SAE_PRESET", "the SAE preset the figures, CSVs and dashboards describe", str,
                               _one_of(PRESET_NAMES + (EXTERNAL_PRESET,)), ", ".join(PRESET_NAMES + (EXTERNAL_PRESET,)))
-    n_permutations: int = setting(1000, "MONOSEM_PERMUTATIONS", "label permutations per test", int, _int(1), ">= 1")
+    n_permutations: int = setting(1000, "MONOSEM_PERMUTATIONS", "word-label permutations of the causal test", int, _int(1), ">= 1")
     n_bootstrap: int = setting(1000, "MONOSEM_BOOTSTRAP", "bootstrap resamples of words", int, _int(1), ">= 1")
-    n_splits: int = setting(20, "MONOSEM_SPLITS", "random half/half word splits for held-out agreement", int, _int(1), ">= 1")
+    n_splits: int = setting(20, "MONOSEM_SPLITS", "random half/half word splits: discovery on one half, confirmation on the other", int, _int(10), ">= 10")
+    random_control: bool = setting(True, "MONOSEM_RANDOM_CONTROL", "run the same pipeline on the model's architecture with random weights (negative control)",
+                                   _parse_bool, _bool, "0 or 1")
+    control_steps: int = setting(300, "MONOSEM_CONTROL_STEPS", "optimiser steps (of 256 tokens) of the negative control's SAE (a reduced budget)", int, _int(1), ">= 1")
     sae_source: str | None = setting(None, "MONOSEM_SAE_SOURCE", "analyse SAEs made elsewhere: a SAELens-format folder or 'release:sae_id'",
                                      check=_optional_text, allowed="folder or release:sae_id")
     top_k: int = setting(8, "MONOSEM_TOP_K", "features per layer in Figure 2, Figure 3 and the dashboards", int, _int(1), ">= 1")
