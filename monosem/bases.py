@@ -187,3 +187,11 @@ def random_control_bases(data: Path, spec: ModelSpec, df: pd.DataFrame, layers: 
             for L in layers}
     return [OnCache(f"{CONTROL_NAME}: SAE ({preset})", SAEBasis(f"SAE ({preset})", saes.__getitem__, preset), concepts),
             OnCache(f"{CONTROL_NAME}: residual ±", ResidualBasis(), concepts), OnCache(f"{CONTROL_NAME}: MLP neurons", MLPBasis(), concepts)]
+
+
+def best_preset(scorecard: pd.DataFrame, presets: Sequence[str], exclude: Sequence[str] = ("reference",)) -> str:
+    """The trained preset with the largest mean share of selective units among active units over layers (the reference
+    study's preset is left out unless it is the only one): the default analysed preset."""
+    candidates = [p for p in presets if p not in exclude] or list(presets)
+    means = {p: float(scorecard.loc[scorecard["basis"] == f"SAE ({p})", "fraction_selective_active"].mean()) for p in candidates}
+    return max(candidates, key=lambda p: (means[p], -candidates.index(p)))

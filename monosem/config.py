@@ -22,6 +22,7 @@ POOLINGS: tuple[str, ...] = ("mean", "last", "sentence")  # word-token mean, wor
 TOKEN_DTYPES: tuple[str, ...] = ("float32", "float16")
 PRESET_NAMES: tuple[str, ...] = ("reference", "l1", "topk", "matryoshka")  # the trainable recipes of monosem.sae.presets
 EXTERNAL_PRESET = "external"  # SAEs imported from elsewhere (MONOSEM_SAE_SOURCE)
+AUTO_PRESET = "auto"  # the analysed preset is chosen by notebook 03's scorecard
 RENAMED_VARIABLES = {"MONOSEM_SAE_STEPS": "training length is set in tokens per SAE, MONOSEM_SAE_TOKENS (steps = tokens / MONOSEM_SAE_BATCH)"}
 
 
@@ -199,8 +200,9 @@ class RunConfig:
     min_replication: float = setting(0.9, "MONOSEM_MIN_REPLICATION", "share of word splits that must confirm a unit's top category for the final label 'selective'",
                                      float, _float(0, 1, lo_open=True), "(0, 1]")
     pooling: str = setting("mean", "MONOSEM_POOLING", "word-level pooling of token activations", str, _one_of(POOLINGS), ", ".join(POOLINGS))
-    sae_preset: str = setting("reference", "MONOSEM_SAE_PRESET", "the SAE preset the figures, CSVs and dashboards describe", str,
-                              _one_of(PRESET_NAMES + (EXTERNAL_PRESET,)), ", ".join(PRESET_NAMES + (EXTERNAL_PRESET,)))
+    sae_preset: str = setting(AUTO_PRESET, "MONOSEM_SAE_PRESET", "the SAE preset the figures, CSVs and dashboards describe; auto = the trained modern preset "
+                              "with the most selective units among active units (notebook 03's scorecard)", str,
+                              _one_of(PRESET_NAMES + (EXTERNAL_PRESET, AUTO_PRESET)), ", ".join(PRESET_NAMES + (EXTERNAL_PRESET, AUTO_PRESET)))
     n_permutations: int = setting(1000, "MONOSEM_PERMUTATIONS", "word-label permutations of the causal test", int, _int(1), ">= 1")
     n_bootstrap: int = setting(1000, "MONOSEM_BOOTSTRAP", "bootstrap resamples of words", int, _int(1), ">= 1")
     n_splits: int = setting(20, "MONOSEM_SPLITS", "random half/half word splits: discovery on one half, confirmation on the other", int, _int(10), ">= 10")
@@ -219,7 +221,7 @@ class RunConfig:
                 object.__setattr__(self, f.name, f.metadata["check"](getattr(self, f.name)))
             except _Invalid as exc:
                 raise MonosemError(f"{f.metadata['env']} ({f.name}) = {getattr(self, f.name)!r} is invalid: {exc}; allowed: {f.metadata['allowed']}") from None
-        if self.sae_source is None and self.sae_preset not in self.sae_presets:
+        if self.sae_source is None and self.sae_preset not in self.sae_presets + (AUTO_PRESET,):
             raise MonosemError(f"MONOSEM_SAE_PRESET={self.sae_preset!r} is not among the trained presets MONOSEM_SAE_PRESETS={','.join(self.sae_presets)}; "
                                "add it there or pick one of them")
 

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from monosem.bases import Comparison
+from monosem.bases import Comparison, best_preset
 from monosem.cache import ActivationCache
-from monosem.config import MonosemError, RunConfig
+from monosem.config import AUTO_PRESET, MonosemError, RunConfig
 from monosem.criterion import Criterion
 from monosem.io import atomic_write_text, read_json, slugify, write_json
 from monosem.model import ModelSpec
@@ -196,11 +196,14 @@ def collect_sae_metrics(mp: ModelPaths, spec: ModelSpec, presets: Sequence[str],
 
 def build_summary(cfg: RunConfig, spec: ModelSpec, layers: Sequence[int], presets: Sequence[str], comparison: Comparison,
                   sae_metrics_by_preset: dict[str, dict[str, dict[str, Any]]], criterion: Criterion,
-                  reference_study: dict[str, Any] | None = None) -> Summary:
-    """The ``summary.json`` record of notebook 03: settings, the analysed preset per layer, every preset, the scorecard."""
+                  reference_study: dict[str, Any] | None = None, preset: str | None = None) -> Summary:
+    """The ``summary.json`` record of notebook 03: settings, the analysed ``preset`` per layer (default: the configured
+    one, or the imported SAEs), every preset, the scorecard."""
     presets_summary = {p: {str(L): {**metrics_without_timing(sae_metrics_by_preset[p][str(L)]),
                                     **layer_summary(comparison.sae(p)[L], cfg.threshold)} for L in layers} for p in presets}
-    preset = presets[0] if cfg.sae_source else cfg.sae_preset
+    preset = preset or (presets[0] if cfg.sae_source else cfg.sae_preset)
+    if preset == AUTO_PRESET:
+        preset = best_preset(comparison.scorecard, presets)
     return Summary(spec.asked, spec.used, spec.revision, list(layers), cfg.threshold, cfg.alpha, cfg.pooling, preset, cfg.n_permutations,
                    cfg.n_bootstrap, cfg.n_splits, cfg.seed, criterion.describe(), presets_summary[preset], presets_summary,
                    comparison.scorecard_json(), reference_study or {})

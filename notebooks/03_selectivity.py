@@ -57,10 +57,13 @@ layers, presets, preset = h.analysed_saes(run)
 criterion = h.Criterion.from_config(cfg)
 bases = h.standard_bases(run.paths, presets, run.caches, cfg.seed)
 if cfg.random_control:
-    bases += h.random_control_bases(cfg.data_path, run.spec, run.df, layers, run.background.texts(), preset if preset in h.PRESETS else "reference",
-                                    cfg.control_steps, 256, cfg.seed, device, **h.preset_overrides(preset if preset in h.PRESETS else "reference",
-                                                                                                       cfg.sae_expansion, cfg.sae_k))
+    control_preset = preset if preset in h.PRESETS else "l1"  # auto, or SAEs made elsewhere: the modern L1 recipe
+    bases += h.random_control_bases(cfg.data_path, run.spec, run.df, layers, run.background.texts(), control_preset, cfg.control_steps, 256, cfg.seed,
+                                    device, **h.preset_overrides(control_preset, cfg.sae_expansion, cfg.sae_k))
 comparison = h.compare_bases(bases, run.df, run.concepts, layers, cfg.pooling, cfg.threshold, criterion, cfg.n_bootstrap)
+if preset == "auto":  # the default: the trained modern preset with the most selective units among active units
+    preset = h.best_preset(comparison.scorecard, presets)
+    print(f"analysed preset (auto): {preset}")
 tables = comparison.sae(preset)
 for L in layers:
     t = tables[L]
@@ -169,7 +172,17 @@ for L in layers:
     h.set_causal_columns(t, effects)
     causal_rows.append(effects.assign(layer=L))
 causal = pd.concat(causal_rows) if causal_rows else pd.DataFrame(columns=["layer", "feature", "causal_effect", "causal_p"])
-causal.style.format(precision=4).set_caption(f"{run.spec.used}: causal effect of the top selective {preset} features (neutral frames)")
+display(causal.style.format(precision=4).set_caption(f"{run.spec.used}: causal effect of the top selective {preset} features (neutral frames)"))
+if h.is_causal_lm(model) and causal_rows:  # the decoder direction read through the unembedding: does it promote its concept's words?
+    for L in sorted(set(causal["layer"])):
+        features = causal.loc[causal["layer"] == L, "feature"].tolist()
+        lens = h.logit_lens(model, comparison.sae_of(preset, L), features, tokenizer, k=8)
+        ranks = h.concept_token_rank(model, comparison.sae_of(preset, L), features, tokenizer, neutral,
+                                     tables[L].set_index("feature").loc[features, "top_category"].to_numpy())
+        display(pd.DataFrame({"layer": L, "feature": features, "top tokens": [", ".join(d["top_tokens"]) for d in lens],
+                              "concept words' AUROC in the logit lens": ranks}))
+else:
+    print("logit lens: the model has no unembedding (an encoder), so the decoder directions cannot be read as tokens")
 
 # %% [markdown]
 # ## The reference study as it ran
@@ -198,7 +211,7 @@ reference.layers[layers[0]].heatmap.style.format(precision=3).set_caption(
 
 # %%
 sae_metrics = h.collect_sae_metrics(run.paths, run.spec, presets, layers, run.caches)
-summary = h.build_summary(cfg, run.spec, layers, presets, comparison, sae_metrics, criterion, h.reference_study_json(reference))
+summary = h.build_summary(cfg, run.spec, layers, presets, comparison, sae_metrics, criterion, h.reference_study_json(reference), preset)
 path = h.write_summary(run.paths, summary)
 for p in presets:
     h.write_selectivity_tables(run.paths, p, comparison.sae(p))

@@ -45,7 +45,8 @@ pd.DataFrame(cfg.settings("model", "layers", "threshold", "alpha", "pooling", "s
 run = h.open_run(cfg)
 h.show_model_banner(run.spec)
 layers, _, preset = h.analysed_saes(run)
-h.read_summary(run.paths, run.spec, preset)  # notebook 03 ran for this model and preset
+summary = h.read_summary(run.paths, run.spec, None if preset == "auto" else preset)  # notebook 03 ran for this model (and preset)
+preset = summary.sae_preset
 tables = h.read_selectivity_tables(run.paths, preset, layers)
 basis = h.trained_sae_basis(run.paths, preset)
 feats = {L: basis.activations(run.concepts, L, cfg.pooling)[0] for L in layers}

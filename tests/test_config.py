@@ -28,7 +28,7 @@ def test_defaults_without_environment():
     assert cfg == RunConfig()
     assert cfg.model is None and cfg.model_asked == "gpt2-medium"
     assert cfg.layers == (0, 1, 2, 3)
-    assert cfg.sae_presets == PRESET_NAMES and cfg.sae_preset == "reference"
+    assert cfg.sae_presets == PRESET_NAMES and cfg.sae_preset == "auto"  # notebook 03 picks the best trained modern preset
     assert (cfg.sae_train_tokens, cfg.sae_batch, cfg.sae_buffer_tokens, cfg.seed) == (None, None, 32768, 0)  # None: by model size and device
     assert cfg.background == "auto"
     assert (cfg.threshold, cfg.alpha, cfg.pooling, cfg.dtype) == (0.6, 0.05, "mean", "float32")
@@ -143,7 +143,7 @@ BAD = [
     ({"MONOSEM_DTYPE": "float64"}, "MONOSEM_DTYPE", ("float32, float16",)),
     ({"MONOSEM_POOLING": "max"}, "MONOSEM_POOLING", ("mean, last, sentence",)),
     ({"MONOSEM_DEVICE": "tpu"}, "MONOSEM_DEVICE", ("cpu",)),
-    ({"MONOSEM_SAE_PRESETS": "l1,topk"}, "MONOSEM_SAE_PRESET", ("l1,topk", "l1, topk")),  # preset 'reference' not among them
+    ({"MONOSEM_SAE_PRESETS": "l1,topk", "MONOSEM_SAE_PRESET": "reference"}, "MONOSEM_SAE_PRESET", ("l1,topk", "l1, topk")),  # not among them
     ({"MONOSEM_SAE_PRESETS": "l1", "MONOSEM_SAE_PRESET": "topk"}, "MONOSEM_SAE_PRESET", ("l1",)),
 ]
 
@@ -194,7 +194,8 @@ def test_replace_validates():
     with pytest.raises(MonosemError, match="MONOSEM_ALPHA"):
         cfg.replace(alpha=3)
     with pytest.raises(MonosemError, match="MONOSEM_SAE_PRESET"):
-        cfg.replace(sae_presets=("l1",))
+        cfg.replace(sae_preset="reference", sae_presets=("l1",))
+    assert cfg.replace(sae_presets=("l1",)).sae_preset == "auto"
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.alpha = 0.2  # type: ignore[misc]
 
@@ -233,7 +234,8 @@ def test_update_readme_check_passes():
 INVALID = {"model": "  ", "layers": "x", "batch_size": "0", "device": "tpu", "dtype": "int8", "background": "foo", "background_tokens": "0",
            "n_eval_texts": "0", "n_fidelity_texts": "0", "sae_presets": "nope", "sae_train_tokens": "0", "sae_batch": "0", "sae_buffer_tokens": "0", "sae_expansion": "0", "sae_k": "0", "seed": "-1",
            "threshold": "2", "alpha": "1", "pooling": "max", "sae_preset": "nope", "n_permutations": "0", "n_bootstrap": "0", "n_splits": "0",
-           "sae_source": "  ", "top_k": "0", "save_figures": "maybe", "hf_hub_offline": "maybe"}
+           "sae_source": "  ", "top_k": "0", "save_figures": "maybe", "hf_hub_offline": "maybe", "min_replication": "0", "random_control": "maybe",
+           "control_steps": "0"}
 
 
 def test_the_sweep_covers_every_validated_field():

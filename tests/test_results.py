@@ -214,7 +214,8 @@ def test_written_summary_round_trips(tmp_path):
     _, comparison = synthetic_comparison()
     cfg = RunConfig.from_env(environ={}, layers=(0, 2), sae_presets=("reference", "l1"))
     summary = build_summary(cfg, SPEC, [0, 2], ["reference", "l1"], comparison, SAE_METRICS, Criterion.from_config(cfg))
+    assert summary.sae_preset == "l1", "auto picks a trained modern preset, never the reference study's when another is trained"
     mp = model_paths(Path(tmp_path), SPEC.used)
     write_summary(mp, summary)
-    back = read_summary(mp, SPEC, preset="reference")
+    back = read_summary(mp, SPEC, preset="l1")
     assert json.dumps(back.to_json(), sort_keys=True) == json.dumps(json.loads(json.dumps(summary.to_json())), sort_keys=True)
