@@ -1,0 +1,63 @@
+"""bench/: the SAELens comparisons do the same arithmetic (same losses), and the report marks goals and explains misses."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from monosem.testing import ROOT
+
+
+def load(name: str):
+    """A module of bench/ (not a package: run.py is a script) under the name bench_<name>."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_run, sae_training = load("run"), load("sae_training")
+
+
+@pytest.mark.parametrize("preset", ["topk", "matryoshka"])
+def test_sparse_training_and_saelens_reach_the_same_loss(preset):
+    pytest.importorskip("sae_lens")
+    res = sae_training.bench_sparse(preset, d_in=32, d_sae=256, k=4, batch=256, steps=20, repeat=1)
+    ours, theirs = res["losses"]["ours"], res["losses"]["SAELens"]
+    assert len(ours) == len(theirs) == 21
+    assert res["final loss rel. difference"] < 1e-5, (ours, theirs)
+    assert ours[-1] < ours[0], "the loss must fall for the comparison to mean something"
+    assert res["ours tokens/s"] > 0 and res[f"SAELens {sae_training.SPARSE_PRESETS[preset]} tokens/s"] > 0
+
+
+def test_profile_names_the_ops_of_a_step():
+    rows = sae_training.profile_step("topk", d_in=32, d_sae=256, k=4, batch=128)
+    assert rows and abs(sum(r["share"] for r in rows) - 1) < 0.5 and any("mm" in r["op"] for r in rows)
+
+
+def pipeline_results(ours_model: float, ours_sae: float, theirs: float) -> dict:
+    ours = {"seconds": ours_model + ours_sae + 1.0, "model_seconds": ours_model, "sae_seconds": ours_sae}
+    return {"pipeline": {"model": "GPT-2, 24 blocks", "tokens_per_sae": 4096, "steps": 1, "batch": 4096, "d_sae": 8192, "k": 32, "buffer_tokens": 8192,
+                         "corpus": "wordnet", "ours": ours, "SAELens per layer": {"seconds": theirs}, "SAELens multi-hook": "failed: x"}}
+
+
+def test_report_marks_the_pipeline_goal_and_explains_a_miss():
+    goals: list = []
+    met = pipeline_results(10.0, 5.0, 100.0)
+    lines = bench_run._pipeline_section(met, goals)
+    assert goals == [("text -> SAEs for layers 0-3 >= 3x SAELens's pipeline run once per layer", 100.0 / 16.0, 3.0)]
+    assert any("6.25x" in line for line in lines) and any("failed: x" in line for line in lines)
+    assert not any("short of 3x" in line for line in bench_run._why_sections(met, goals))
+    goals = []
+    missed = pipeline_results(30.0, 10.0, 90.0)
+    bench_run._pipeline_section(missed, goals)
+    why = "\n".join(bench_run._why_sections(missed, goals))
+    assert "short of 3x" in why and "73%" in why and "3.00x" in why, why  # model share 30/41, ceiling 90/30
+
+
+def test_goal_direction():
+    assert bench_run._met("make test under 900 s", 100.0, 900.0) and not bench_run._met("make test under 900 s", 1000.0, 900.0)
+    assert bench_run._met("same loss as SAELens, within 1%", 1e-6, 0.01) and not bench_run._met("x within 1%", 0.02, 0.01)
+    assert bench_run._met("sparse TopK training >= 3x", 3.5, 3.0) and not bench_run._met("sparse TopK training >= 3x", 2.5, 3.0)
