@@ -10,7 +10,7 @@ dashboards. Tests, benchmarks and scripts import ``monosem`` directly.
 from __future__ import annotations
 
 from monosem.activations import count_tokens, position_norms, word_token_check
-from monosem.bases import CONTROL_NAME, best_preset, compare_bases, random_control_bases, standard_bases, trained_sae_basis
+from monosem.bases import best_preset, compare_bases, random_control_bases, standard_bases, trained_sae_basis
 from monosem.cache import load_or_extract_concepts, load_or_extract_corpus
 from monosem.causal import ablation_output_change, causal_effects, concept_token_rank, logit_lens
 from monosem.config import RunConfig
@@ -21,7 +21,7 @@ from monosem.fidelity import splice_fidelity_many
 from monosem.model import check_layers, get_blocks, is_causal_lm, load_model, load_tokenizer, resolve_model, show_model_banner
 from monosem.paths import model_paths
 from monosem.reference_study import reference_run
-from monosem.report import findings
+from monosem.report import control_lines, findings
 from monosem.results import (
     SaeMetricsFile,
     build_summary,
@@ -66,11 +66,11 @@ __all__ = [
     "layer_summary", "reference_pick", "summary_line", "top_features", "top_words", "word_means",
     "Criterion", "frame_rows",
     "set_causal_columns",
-    "best_preset", "compare_bases", "CONTROL_NAME", "random_control_bases", "standard_bases", "trained_sae_basis",
+    "best_preset", "compare_bases", "random_control_bases", "standard_bases", "trained_sae_basis",
     "ablation_output_change", "causal_effects", "concept_token_rank", "logit_lens",
     "reference_run",
     "build_summary", "collect_sae_metrics", "export_feature_json", "read_selectivity_tables", "read_summary", "reference_study_json", "sae_metrics_entry", "SaeMetricsFile", "save_figure", "write_sae_metrics", "write_selectivity_tables", "write_summary",
-    "findings",
+    "control_lines", "findings",
     "fig_concept_means", "fig_loss_curves", "fig_norms", "fig_preset_comparison", "fig_scorecard", "fig_selectivity", "fig_word_heatmap",
     "SelectivityExplorer", "WordExplorer",
     "build_dashboards", "FeatureDashboard",

@@ -95,21 +95,25 @@ def trained_sae_basis(mp: ModelPaths, preset: str) -> SAEBasis:
     return SAEBasis(f"SAE ({preset})", lambda layer: load_sae(mp.sae(layer, preset))[0], preset)
 
 
-def untrained_sae_basis(mp: ModelPaths, preset: str, train_caches: Sequence[ActivationCache], seed: int = 0) -> SAEBasis:
-    """The preset's initialisation on ``train_caches``' tokens, never trained; for an SAE made elsewhere, a fresh SAE
-    of its architecture and shape."""
+def untrained_sae_basis(mp: ModelPaths, preset: str, train_caches: Sequence[ActivationCache], seed: int = 0, **overrides: Any) -> SAEBasis:
+    """The preset's initialisation (with the run's ``overrides``: the same width and k as the trained SAE) on
+    ``train_caches``' tokens, never trained; for an SAE made elsewhere, a fresh SAE of its architecture and shape."""
 
     def build(layer: int) -> SAE:
         if preset in PRESETS:
-            return untrained_sae(TokenSource.from_caches(train_caches, layer), preset, seed=seed + 1000 + layer)
+            return untrained_sae(TokenSource.from_caches(train_caches, layer), preset, seed=seed + 1000 + layer, **overrides)
         return load_sae(mp.sae(layer, preset))[0].fresh_like(seed + 1000 + layer)
 
     return SAEBasis(f"untrained SAE ({preset})", build, preset, trained=False)
 
 
-def standard_bases(mp: ModelPaths, presets: Sequence[str], train_caches: Sequence[ActivationCache], seed: int = 0) -> list[Basis]:
-    """Each trained preset, the residual stream, the MLP neurons and each preset's untrained SAE, in that order."""
-    return [*(trained_sae_basis(mp, p) for p in presets), ResidualBasis(), MLPBasis(), *(untrained_sae_basis(mp, p, train_caches, seed) for p in presets)]
+def standard_bases(mp: ModelPaths, presets: Sequence[str], train_caches: Sequence[ActivationCache], seed: int = 0,
+                   overrides: dict[str, dict[str, Any]] | None = None) -> list[Basis]:
+    """Each trained preset, the residual stream, the MLP neurons and each preset's untrained SAE (with the preset's
+    ``overrides``, so it has the trained SAE's width), in that order."""
+    overrides = overrides or {}
+    return [*(trained_sae_basis(mp, p) for p in presets), ResidualBasis(), MLPBasis(),
+            *(untrained_sae_basis(mp, p, train_caches, seed, **overrides.get(p, {})) for p in presets)]
 
 
 @dataclass
@@ -118,6 +122,10 @@ class Comparison:
 
     tables: dict[Basis, dict[int, pd.DataFrame]]
     scorecard: pd.DataFrame  # columns: basis, layer, then monosem.scorecard.SCORECARD_KEYS
+
+    def merged(self, other: Comparison) -> Comparison:
+        """This comparison and ``other`` (further bases on the same words) as one."""
+        return Comparison({**self.tables, **other.tables}, pd.concat([self.scorecard, other.scorecard], ignore_index=True))
 
     def of(self, name: str) -> dict[int, pd.DataFrame]:
         """The tables of the basis called ``name``."""
