@@ -13,6 +13,7 @@ dropped so that only the settings below apply.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -35,8 +36,35 @@ from monosem.paths import ModelPaths, manifest_path, model_paths
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "build" / "e2e"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
-SMALL = {"MONOSEM_MODEL": "bundled", "MONOSEM_SAE_STEPS": "150", "MONOSEM_SAE_EXPANSION": "2", "MONOSEM_BACKGROUND_TOKENS": "4000",
-         "MONOSEM_PERMUTATIONS": "200", "MONOSEM_BOOTSTRAP": "200", "HF_HUB_OFFLINE": "1", "MONOSEM_ROOT": str(ROOT)}
+# small settings, by RunConfig field (each names its environment variable); OPTIONAL ones are set where this version has them
+SMALL = {"model": "bundled", "sae_expansion": "2", "background_tokens": "4000", "n_permutations": "200", "n_bootstrap": "200",
+         "hf_hub_offline": "1", "root": str(ROOT)}
+OPTIONAL = {"sae_steps": "150", "sae_train_tokens": str(150 * 256), "random_control": "0"}  # SAE length in steps or in tokens; no negative control
+
+
+def small_env() -> dict[str, str]:
+    """``SMALL`` and the ``OPTIONAL`` settings RunConfig has, as environment variables."""
+    env_of = {f.name: f.metadata["env"] for f in dataclasses.fields(RunConfig)}
+    assert {"sae_steps", "sae_train_tokens"} & set(env_of), "RunConfig has no setting of the SAE training length"
+    return {env_of[name]: value for name, value in {**SMALL, **OPTIONAL}.items() if name in SMALL or name in env_of}
+
+
+# "Run All Cells" before the notebook's session has its kernel opens a "Select Kernel" dialog and runs nothing; the
+# toolbar's execution indicator already reads "idle" by then, so ask the session itself (JupyterLab 4's SessionContext)
+KERNEL_READY = """() => {
+    const ctx = window.jupyterapp?.shell.currentWidget?.sessionContext;
+    const kernel = ctx?.session?.kernel;
+    return !!kernel && ctx.isReady && !ctx.hasNoKernel && kernel.connectionStatus === "connected" && kernel.status === "idle";
+}"""
+# every code cell has run (a cell's execution count is set when its reply arrives), or one has failed (which stops "Run All")
+NOTEBOOK_DONE = """() => {
+    const cells = (window.jupyterapp?.shell.currentWidget?.content?.widgets ?? []).filter(c => c.model.type === "code");
+    if (!cells.length) return false;
+    const failed = cells.some(c => c.model.outputs.toJSON().some(o => o.output_type === "error"));
+    return failed || cells.every(c => c.model.executionCount !== null && c.model.executionState !== "running");
+}"""
+NOTEBOOK_ERRORS = """() => window.jupyterapp.shell.currentWidget.content.widgets.filter(c => c.model.type === "code")
+    .flatMap(c => c.model.outputs.toJSON().filter(o => o.output_type === "error").map(o => `${o.ename}: ${o.evalue}`))"""
 
 
 def free_port() -> int:
@@ -70,7 +98,7 @@ def lab(tmp_path_factory):
         pytest.fail(f"chromium not found at {CHROMIUM}: install Debian's package (apt-get install chromium) or run `make e2e`")
     tmp = tmp_path_factory.mktemp("e2e")
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MONOSEM_")}
-    env = {**inherited, **SMALL, "MONOSEM_DATA_DIR": str(tmp / "data"), "JUPYTER_CONFIG_DIR": str(tmp / "config"),
+    env = {**inherited, **small_env(), "MONOSEM_DATA_DIR": str(tmp / "data"), "JUPYTER_CONFIG_DIR": str(tmp / "config"),
            "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces")}
     cfg = RunConfig.from_env(env)  # what the notebooks' parameters cell will build
     paths = model_paths(cfg.data_path, resolve_model(cfg.model_asked, offline=cfg.hf_hub_offline).used)
@@ -78,8 +106,8 @@ def lab(tmp_path_factory):
     manifest = manifest_path(cfg.data_path, cfg.model_asked)
     assert manifest.is_file(), f"notebook 01 wrote no run manifest at {manifest}"
     run_notebook("02_train_sae", env, tmp / "executed")
-    missing = [p for L in cfg.layers if not (p := paths.sae(L, cfg.sae_preset)).is_dir()]
-    assert not missing, f"notebook 02 wrote no {cfg.sae_preset} SAE at {missing}"
+    missing = [str(p) for preset in cfg.sae_presets for L in cfg.layers if not (p := paths.sae(L, preset)).is_dir()]
+    assert not missing, f"notebook 02 wrote no SAE at {missing}"
     # no announcements, news or update checks
     labconfig = tmp / "config" / "labconfig"
     labconfig.mkdir(parents=True)
@@ -90,8 +118,10 @@ def lab(tmp_path_factory):
     port, token = free_port(), secrets.token_hex(16)
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", f"--IdentityProvider.token={token}",
            f"--ServerApp.root_dir={served}", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--ServerApp.port_retries=0",
-           "--allow-root", "--LabApp.extension_manager=readonly"]
-    log = open(tmp / "lab.log", "w")
+           "--allow-root", "--LabApp.extension_manager=readonly", "--LabApp.expose_app_in_browser=True"]  # window.jupyterapp: see KERNEL_READY
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    log_path = SHOTS / "lab.log"  # the server's and kernels' output, kept for a failure's diagnosis
+    log = open(log_path, "w")
     server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -101,7 +131,7 @@ def lab(tmp_path_factory):
                 break
             except OSError:
                 if server.poll() is not None:
-                    raise RuntimeError(f"JupyterLab exited: {(tmp / 'lab.log').read_text()[-2000:]}") from None
+                    raise RuntimeError(f"JupyterLab exited: {log_path.read_text()[-2000:]}") from None
                 time.sleep(0.5)
         else:
             raise RuntimeError("JupyterLab did not answer within 60 s")
@@ -116,10 +146,15 @@ def lab(tmp_path_factory):
         subprocess.run([sys.executable, "-m", "jupyter", "server", "stop", str(port)], env=env, capture_output=True)
 
 
+def explorer_box(page):
+    """The explorer's widget box: sliders, figure and listing."""
+    return page.locator(".widget-vbox:has(.widget-slider)").filter(has=page.locator(".monosem-count")).first
+
+
 def explorer_state(page):
     """The explorer's count text and its figure's trace data, read from the DOM."""
-    box = page.locator(".widget-vbox:has(.widget-slider)").filter(has=page.locator(".monosem-count")).first
-    count = box.locator(".monosem-count").inner_text()
+    box = explorer_box(page)
+    count = box.locator(".monosem-count").text_content()  # not inner_text: JupyterLab skips rendering cells out of view
     data = box.locator(".js-plotly-plot").first.evaluate("el => JSON.stringify(el.data.map(t => [t.x, t.y]))")
     return count, data
 
@@ -146,44 +181,46 @@ def test_sliders_update_count_and_figure_in_jupyterlab(lab):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{url}/lab/tree/notebooks/03_selectivity.ipynb?token={token}")
             page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
-            page.locator(".jp-Notebook-ExecutionIndicator, .jp-Toolbar-kernelName").first.wait_for(timeout=60_000)
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
             try:
-                page.locator(".monosem-count").first.wait_for(timeout=240_000)
+                page.wait_for_function(KERNEL_READY, timeout=180_000)
+                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+                page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+                # slider changes reach the kernel only once the cells after the explorer have run: wait for all of them
+                page.wait_for_function(NOTEBOOK_DONE, timeout=900_000, polling=1000)
             except Exception:
                 page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
                 raise
+            errors = page.evaluate(NOTEBOOK_ERRORS)
+            if errors:
+                page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
+                pytest.fail(f"notebook 03 failed in JupyterLab: {errors}")
             page.locator(".widget-vbox:has(.widget-slider) .js-plotly-plot").first.wait_for(timeout=60_000)
-            page.locator(".monosem-count").first.scroll_into_view_if_needed()
             page.wait_for_timeout(1000)
-            page.screenshot(path=str(SHOTS / "01_explorer.png"))
+            explorer_box(page).screenshot(path=str(SHOTS / "01_explorer.png"))
             count0, data0 = explorer_state(page)
 
             assert count0.startswith(f"layer {cfg.layers[0]}, threshold {cfg.threshold:.2f}:"), count0
             move_slider(page, "threshold", "ArrowLeft", 25)  # 0.60 -> 0.35
-            page.wait_for_function("c => document.querySelector('.monosem-count').innerText !== c", arg=count0, timeout=30_000)
+            page.wait_for_function("c => document.querySelector('.monosem-count').textContent !== c", arg=count0, timeout=30_000)
             count1, data1 = explorer_state(page)
-            page.screenshot(path=str(SHOTS / "02_threshold_moved.png"))
+            explorer_box(page).screenshot(path=str(SHOTS / "02_threshold_moved.png"))
             assert "threshold 0.35" in count1 and count1 != count0, (count0, count1)
             n0, n1 = (int(c.split(": ")[1].split(" ")[0]) for c in (count0, count1))
             assert n1 > n0, f"a lower threshold must admit more features ({n0} -> {n1})"
             assert data1 != data0, "the figure's data did not change with the threshold"
 
             move_slider(page, "layer", "ArrowRight", 1)
-            page.wait_for_function("c => document.querySelector('.monosem-count').innerText !== c", arg=count1, timeout=30_000)
+            page.wait_for_function("c => document.querySelector('.monosem-count').textContent !== c", arg=count1, timeout=30_000)
             count2, data2 = explorer_state(page)
-            page.screenshot(path=str(SHOTS / "03_layer_moved.png"))
+            explorer_box(page).screenshot(path=str(SHOTS / "03_layer_moved.png"))
             assert count2.startswith(f"layer {cfg.layers[1]},") and count2 != count1, (count1, count2)
             assert data2 != data1, "the figure's data did not change with the layer"
         finally:
             browser.close()
-    # the last cell writes the per-feature tables of every trained preset (the kernel may still be finishing it)
+    # the notebook wrote one table per trained preset and layer, a row per feature
     wanted = [lab.paths.selectivity_csv(p, L) for p in cfg.sae_presets for L in cfg.layers]
-    deadline = time.monotonic() + 120
-    while not all(p.is_file() for p in wanted) and time.monotonic() < deadline:
-        time.sleep(1)
     missing = [str(p) for p in wanted if not p.is_file()]
     assert not missing, f"notebook 03 run in JupyterLab did not write {missing}"
-    header = wanted[0].read_text().splitlines()[0].split(",")
-    assert {"feature", "score", "top_concept", "q"} <= set(header), header
+    lines = wanted[0].read_text().splitlines()
+    header = lines[0].split(",")
+    assert header[0] == "feature" and any(c.startswith("score") for c in header) and len(lines) > 2, (wanted[0], header, len(lines))
