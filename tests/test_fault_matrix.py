@@ -314,7 +314,7 @@ def test_float16_storage_runs_all_four_notebooks(tmp_path):
     """A setting notebook 01 accepts works in 02-04: they open its caches through the run manifest."""
     env = {**os.environ, "MONOSEM_DATA_DIR": str(tmp_path / "data"), "MONOSEM_DTYPE": "float16", "MONOSEM_LAYERS": "1",
            "MONOSEM_SAE_PRESETS": "reference", "MONOSEM_SAE_TOKENS": "12800", "MONOSEM_SAE_BATCH": "256", "MONOSEM_BACKGROUND_TOKENS": "2000", "MONOSEM_PERMUTATIONS": "50",
-           "MONOSEM_BOOTSTRAP": "50", "MONOSEM_SPLITS": "5"}
+           "MONOSEM_BOOTSTRAP": "50", "MONOSEM_SPLITS": "10"}
     for name in ("01_extract_activations", "02_train_sae", "03_selectivity", "04_word_level_exploration"):
         proc = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--output-dir", str(tmp_path / "out"),
                                str(ROOT / "notebooks" / f"{name}.ipynb")], env=env, capture_output=True, text=True, timeout=600)
