@@ -12,7 +12,7 @@ from monosem.viz.widgets import SelectivityExplorer, WordExplorer, explorer_view
 @pytest.fixture
 def tables():
     rng = np.random.default_rng(0)
-    df = toy_concepts()
+    df = toy_concepts(20)  # enough words per category for the held-out test against the runner-up
     out = {}
     for L in (0, 1, 2):
         feats = rng.exponential(size=(len(df), 40)) * (rng.random((len(df), 40)) < 0.3 + 0.2 * L)
