@@ -37,7 +37,7 @@ run: setup
 	set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; \
 	  MONOSEM_MODEL="$(MODEL)" MONOSEM_SAVE_FIGURES=1 $(BIN)/jupyter nbconvert --to notebook --execute \
-	    --ExecutePreprocessor.timeout=3600 --output-dir build/executed "$$nb"; \
+	    --ExecutePreprocessor.timeout=14400 --output-dir build/executed "$$nb"; \
 	  $(BIN)/jupyter nbconvert --to html --output-dir build/html "build/executed/$$(basename $$nb)"; \
 	done
 	@echo "results: data/results/   executed notebooks: build/executed/   HTML: build/html/"

@@ -273,7 +273,8 @@ def _extract(model: nn.Module, tokenizer: Any, all_texts: list[str], spans: list
                 last_pos = torch.tensor([max(j for j, w in enumerate(encoded[i].in_word) if w) for i in local])
                 for prefix, x in sources:
                     for p in POOLINGS:
-                        pooled.setdefault(f"L{L}.{prefix}{p}", torch.zeros((n, x.shape[-1])))
+                        if f"L{L}.{prefix}{p}" not in pooled:  # allocated once (setdefault would build a zero tensor every batch)
+                            pooled[f"L{L}.{prefix}{p}"] = torch.zeros((n, x.shape[-1]))
                     pooled[f"L{L}.{prefix}mean"][rows] = (x * word[..., None]).sum(1) / word.sum(1, keepdim=True)
                     pooled[f"L{L}.{prefix}last"][rows] = x[torch.arange(len(batch)), last_pos]
                     pooled[f"L{L}.{prefix}sentence"][rows] = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)

@@ -191,7 +191,7 @@ class RunConfig:
                                     ">= 1 or unset")
     sae_buffer_tokens: int = setting(32768, "MONOSEM_SAE_BUFFER", "tokens per layer in the shuffle buffer of the activation store (memory: tokens x d_model x 4 bytes x layers)",
                                      int, _int(1), ">= 1")
-    sae_expansion: float = setting(8.0, "MONOSEM_SAE_EXPANSION", "d_sae / d_model of the l1, topk and matryoshka presets", float, _float(0, 1024, lo_open=True), "> 0")
+    sae_expansion: float = setting(4.0, "MONOSEM_SAE_EXPANSION", "d_sae / d_model of the l1, topk and matryoshka presets (8+ on a GPU is common)", float, _float(0, 1024, lo_open=True), "> 0")
     sae_k: int = setting(32, "MONOSEM_SAE_K", "active features per token of the topk preset (on average over a batch: matryoshka)", int, _int(1), ">= 1")
     seed: int = setting(0, "MONOSEM_SEED", "seed of initialisation, batch order, permutations and bootstrap", int, _int(0, 2**32 - 1), "0..2^32-1")
     # selectivity (notebooks 03-04)

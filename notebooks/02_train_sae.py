@@ -22,9 +22,11 @@
 #
 # * `reference`: the reference study's setup: ReLU encoder, linear decoder, hidden size
 #   `d_model // 2`, L1 weight 0.1 on the feature activations, Adam, fixed seed;
-# * `l1`: expansion 8, inputs scaled to mean norm √d_in, `b_dec` at the data mean, L1 weighted by
-#   decoder norms, learning-rate warm-up and decay, L1 warm-up (Anthropic, April 2024);
-# * `topk`: TopK activation (k = 32), unit-norm decoder rows, AuxK loss on dead features (OpenAI, 2024).
+# * `l1`: d_sae = `MONOSEM_SAE_EXPANSION` × d_model (default 4), inputs scaled to mean norm √d_in, `b_dec` at
+#   the data mean, L1 weighted by decoder norms, learning-rate warm-up and decay, L1 warm-up (Anthropic, April 2024);
+# * `topk`: the same width, TopK activation (k = 32), unit-norm decoder rows, AuxK loss on dead features (OpenAI, 2024);
+# * `matryoshka`: the same width, BatchTopK (k = 32 on average) with the reconstruction loss summed over nested
+#   prefixes of the dictionary (Bussmann et al., 2025).
 #
 # **One pass for all layers:** the model runs once over the corpus; a streaming activation store mixes
 # the residual stream of every layer in a shuffled buffer (as SAELens's `ActivationsStore` does) and

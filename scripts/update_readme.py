@@ -1,4 +1,5 @@
-"""Rewrite the generated blocks of README.md: the settings table (from ``monosem.config.RunConfig``) and, given a
+"""Rewrite the generated blocks of README.md: the settings table (from ``monosem.config.RunConfig``), the training defaults
+(``monosem.sae.train.TRAINING_DEFAULTS``) and, given a
 run's summary.json, the findings block (from ``monosem.report.readme_findings``).
 
     python scripts/update_readme.py                                   # rewrite the settings table
@@ -17,9 +18,10 @@ from pathlib import Path
 from monosem.config import settings_table_markdown
 from monosem.report import readme_findings
 from monosem.results import Summary
+from monosem.sae.train import training_defaults_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = {"settings": settings_table_markdown}
+BLOCKS = {"settings": settings_table_markdown, "training-defaults": training_defaults_markdown}
 
 
 def render(text: str, blocks: dict | None = None) -> str:

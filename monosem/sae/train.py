@@ -137,14 +137,14 @@ def init_sae(source: TokenSource, preset: str, gen: torch.Generator, seed: int =
 class TrainingPlan:
     """How many tokens every SAE trains on, in which batches, and through how large a shuffle buffer."""
 
-    train_tokens: int  # asked for; the SAEs see steps * batch_size of them
+    train_tokens: int  # asked for; the SAEs see steps * batch_size >= train_tokens of them
     batch_size: int
     buffer_tokens: int
     why: str  # where the values came from (settings or the defaults for this model size and device)
 
     @property
     def steps(self) -> int:
-        return max(1, self.train_tokens // self.batch_size)
+        return -(-self.train_tokens // self.batch_size)  # rounded up: every SAE sees at least train_tokens
 
     @property
     def tokens_per_sae(self) -> int:
@@ -155,8 +155,18 @@ class TrainingPlan:
 TRAINING_DEFAULTS: tuple[tuple[tuple[str, ...], int | None, int, int], ...] = (
     (("cuda", "mps"), None, 10_000_000, 4096),  # a GPU: 10M tokens, as SAE training runs in the field start at 1e7
     (("cpu",), 512, 1_000_000, 1024),  # the bundled all-MiniLM-L6-v2 (d_model 384) and models of its size
-    (("cpu",), None, 250_000, 1024),  # GPT-2 Medium size on a CPU: the run finishes in about half an hour on 2 cores
+    (("cpu",), None, 250_000, 512),  # GPT-2 Medium size on a CPU: a run that finishes on 2 cores (README "Training"); 489 steps
 )
+
+
+def training_defaults_markdown() -> str:
+    """The README's table of training defaults by device and model size (``TRAINING_DEFAULTS``; a test checks the README holds it)."""
+    rows = ["| device | model size | tokens per SAE | batch (tokens per step) | steps |", "| --- | --- | --- | --- | --- |"]
+    for kinds, max_d, tokens, batch in TRAINING_DEFAULTS:
+        size = f"d_model <= {max_d} (the bundled model: 384)" if max_d else "larger (GPT-2 Medium: 1024)" if kinds == ("cpu",) else "any"
+        device = "a GPU (" + " or ".join(kinds) + ")" if kinds != ("cpu",) else "the CPU"
+        rows.append(f"| {device} | {size} | {tokens:,} | {batch:,} | {-(-tokens // batch):,} |")
+    return "\n".join(rows)
 
 
 def training_plan(train_tokens: int | None, batch_size: int | None, buffer_tokens: int, d_model: int, device: torch.device | str) -> TrainingPlan:
@@ -167,10 +177,7 @@ def training_plan(train_tokens: int | None, batch_size: int | None, buffer_token
     size = f"d_model <= {max_d}" if max_d is not None else f"d_model {d_model}"
     chosen = [name for name, value in (("MONOSEM_SAE_TOKENS", train_tokens), ("MONOSEM_SAE_BATCH", batch_size)) if value is not None]
     why = f"defaults for {size} on {kind}" + (f", overridden by {' and '.join(chosen)}" if chosen else "")
-    plan = TrainingPlan(train_tokens or tokens, batch_size or batch, buffer_tokens, why)
-    if plan.train_tokens < plan.batch_size:
-        raise MonosemError(f"MONOSEM_SAE_TOKENS = {plan.train_tokens} is less than one batch (MONOSEM_SAE_BATCH = {plan.batch_size}); raise it or lower the batch")
-    return plan
+    return TrainingPlan(train_tokens or tokens, batch_size or batch, buffer_tokens, why)
 
 
 class SAETrainer:
@@ -372,16 +379,28 @@ def train_or_load_saes(mp: ModelPaths, spec: ModelSpec, jobs: Sequence[SAEJob], 
         t0 = time.perf_counter()
         train_on_store(store, trainers, plan.batch_size, progress)
         wall = time.perf_counter() - t0
-        for jk, trainer in trainers.items():
-            sae, history, cfg = trainer.finish()
-            metrics = sae_metrics(sae, TokenSource.from_caches([heldout], jk[1]))
-            key = hash_json(settings[jk])
-            record = {"key": key, "settings": settings[jk], "config": cfg, "corpus": corpus, "train_tokens": plan.tokens_per_sae,
-                      "epochs": store.epochs, "metrics_on": f"{metrics['n_tokens']} held-out tokens", "metrics": metrics,
-                      "loss_change_last10pct": loss_change_last10pct(history), "history": history,
-                      "seconds": round(trainer.seconds, 2), "tokens_per_second": round(plan.tokens_per_sae / max(trainer.seconds, 1e-9), 1),
-                      "pass_seconds": round(wall, 2), "pass_model_seconds": round(store.model_seconds, 2), "pass_saes": len(trainers)}
-            save_sae(sae, folders[jk], spec.used, jk[1], {"training_key": key, "preset": jk[0], "corpus": corpus}, training=record)
-            log.info("layer %d: trained the %s SAE (%.1f s of steps) -> %s", jk[1], jk[0], trainer.seconds, folders[jk])
-            out[jk] = sae, record
+        failed = []
+        for jk, trainer in trainers.items():  # each SAE is saved on its own: one that cannot be saved never loses the others
+            try:
+                out[jk] = _finish_and_save(trainer, jk, settings[jk], folders[jk], plan, store, heldout, corpus, spec, wall, len(trainers))
+            except MonosemError as exc:
+                failed.append(f"{jk[0]}, layer {jk[1]}: {exc}")
+        if failed:
+            raise MonosemError(f"{len(failed)} of {len(trainers)} SAEs could not be saved (the others are):\n" + "\n".join(failed))
     return out
+
+
+def _finish_and_save(trainer: SAETrainer, jk: tuple[str, int], settings: dict[str, Any], folder: Path, plan: TrainingPlan, store: ActivationStore,
+                     heldout: ActivationCache, corpus: str, spec: ModelSpec, wall: float, n_saes: int) -> tuple[SAE, dict]:
+    """The trained SAE of ``trainer`` measured on the held-out tokens and saved with its ``training.json`` record."""
+    sae, history, cfg = trainer.finish()
+    metrics = sae_metrics(sae, TokenSource.from_caches([heldout], jk[1]))
+    key = hash_json(settings)
+    record = {"key": key, "settings": settings, "config": cfg, "corpus": corpus, "train_tokens": plan.tokens_per_sae,
+              "epochs": store.epochs, "metrics_on": f"{metrics['n_tokens']} held-out tokens", "metrics": metrics,
+              "loss_change_last10pct": loss_change_last10pct(history), "history": history,
+              "seconds": round(trainer.seconds, 2), "tokens_per_second": round(plan.tokens_per_sae / max(trainer.seconds, 1e-9), 1),
+              "pass_seconds": round(wall, 2), "pass_model_seconds": round(store.model_seconds, 2), "pass_saes": n_saes}
+    save_sae(sae, folder, spec.used, jk[1], {"training_key": key, "preset": jk[0], "corpus": corpus}, training=record)
+    log.info("layer %d: trained the %s SAE (%.1f s of steps) -> %s", jk[1], jk[0], trainer.seconds, folder)
+    return sae, record

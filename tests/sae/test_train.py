@@ -97,10 +97,10 @@ def test_training_plan_defaults_by_model_size_and_device():
     assert large.train_tokens < small.train_tokens and "d_model 1024 on cpu" in large.why
     gpu = training_plan(None, None, 32768, 1024, "cuda")
     assert gpu.train_tokens >= 10_000_000 and gpu.batch_size == 4096
+    assert small.tokens_per_sae >= 1_000_000, "every SAE sees at least the tokens asked for"
     chosen = training_plan(5000, 256, 1024, 384, "cpu")
-    assert (chosen.steps, chosen.tokens_per_sae) == (19, 4864) and "MONOSEM_SAE_TOKENS and MONOSEM_SAE_BATCH" in chosen.why
-    with pytest.raises(MonosemError, match="less than one batch"):
-        training_plan(100, 256, 1024, 384, "cpu")
+    assert (chosen.steps, chosen.tokens_per_sae) == (20, 5120) and "MONOSEM_SAE_TOKENS and MONOSEM_SAE_BATCH" in chosen.why
+    assert training_plan(100, 256, 1024, 384, "cpu").tokens_per_sae == 256
 
 
 def test_loss_change_over_the_last_tenth_of_steps():
@@ -149,3 +149,22 @@ def test_topk_keeps_fewer_dead_features_than_reference_on_offset_data(structured
 def test_unknown_override_is_an_error():
     with pytest.raises(MonosemError, match="unknown setting"):
         train_sae(torch.randn(10, 4), "l1", steps=1, expansoin=2)
+
+
+def test_an_sae_that_cannot_be_saved_never_loses_the_others(gpt2_tiny, data_dir, monkeypatch):
+    import monosem.sae.train as train_module
+
+    mp, spec, init, held, make_store = stream_setup(gpt2_tiny, data_dir)
+    real_save = train_module.save_sae
+
+    def save_or_fail(sae, folder, *args, **kwargs):
+        if "topk" in str(folder):
+            raise MonosemError(f"the SAE for {folder} has NaN or Inf (training diverged); nothing was written")
+        real_save(sae, folder, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_sae", save_or_fail)
+    jobs = [SAEJob("topk", 1, {"expansion": 2, "k": 4}), SAEJob("reference", 1), SAEJob("l1", 2, {"expansion": 2})]
+    with pytest.raises(MonosemError, match=r"1 of 3 SAEs could not be saved \(the others are\):\ntopk, layer 1: .*NaN"):
+        train_or_load_saes(mp, spec, jobs, training_plan(640, 64, 512, 64, "cpu"), make_store(), [init], held, "x", progress=False)
+    assert (mp.sae(1, "reference") / "training.json").is_file() and (mp.sae(2, "l1") / "training.json").is_file()
+    assert not (mp.sae(1, "topk") / "training.json").exists()
