@@ -195,4 +195,17 @@ for p in cfg.sae_presets:
 print(f"metrics: {path}")
 
 # %% [markdown]
+# ## What we found
+# The ranges run over the layers; every number is measured on held-out corpus texts.
+
+# %%
+print(f"{len(jobs)} SAEs of {run.spec.used}, trained on {plan.tokens_per_sae:,} tokens each of {corpus} ({len(run.layers)} layers, one model pass).")
+for p in cfg.sae_presets:
+    m = metrics[metrics.preset == p]
+    print(f"{p}: d_sae {int(m.d_sae.iloc[0]):,}; FVE {m.fve_heldout.min():.3f}-{m.fve_heldout.max():.3f}; L0 {m.l0.min():.1f}-{m.l0.max():.1f}; "
+          f"dead {m.dead_fraction.max():.1%} at most; fidelity {m.fidelity.min():.3f}-{m.fidelity.max():.3f}; "
+          f"loss change over the last 10% of steps {m.loss_change_last10pct.min():+.1%} to {m.loss_change_last10pct.max():+.1%}.")
+print(f"{len(warned)} warning(s)" + (": " + "; ".join(f"{w['preset']} layer {w['layer']}: {w['warning']}" for w in warned) if warned else "."))
+
+# %% [markdown]
 # **Next:** [03 · Selectivity](03_selectivity.ipynb)
