@@ -227,7 +227,7 @@ def _extract(model: nn.Module, tokenizer: Any, all_texts: list[str], spans: list
     ``token_dir/tokens_L{L}.npy`` (returned as read-only memory maps), and texts are tokenised
     ``chunk_size`` at a time (a first pass only counts tokens), so memory does not grow with the corpus.
     """
-    from tqdm.auto import tqdm
+    from monosem.progress import Progress
 
     if dtype not in NUMPY_DTYPES:
         raise MonosemError(f"unknown activation dtype {dtype!r}; use one of {list(NUMPY_DTYPES)}")
@@ -252,7 +252,7 @@ def _extract(model: nn.Module, tokenizer: Any, all_texts: list[str], spans: list
     index = np.zeros((n_tok, 4), dtype=np.int32)
     pooled: dict[str, Tensor] = {}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    bar = tqdm(total=n, desc="extract", unit="text", disable=not progress)
+    bar = Progress(total=n, desc="extract", unit="text", disable=not progress)
     for lo, hi in chunks:
         encoded = encode(lo, hi)
         for local in length_batches([len(e.ids) for e in encoded], batch_size):

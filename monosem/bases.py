@@ -156,11 +156,11 @@ class Comparison:
 def compare_bases(bases: Sequence[Basis], df: pd.DataFrame, cache: ActivationCache, layers: Sequence[int], pooling: str = "mean",
                   threshold: float = 0.6, criterion: Criterion = Criterion(), n_boot: int = 1000, progress: bool = True) -> Comparison:
     """The unit table (reference score and final label) and the scorecard of every basis at every layer, on the same words."""
-    from tqdm.auto import tqdm
+    from monosem.progress import Progress
 
     tables: dict[Basis, dict[int, pd.DataFrame]] = {}
     rows = []
-    for basis in tqdm(bases, desc="statistics per basis", disable=not progress):
+    for basis in Progress(bases, desc="statistics per basis", disable=not progress):
         tables[basis] = {}
         for L in layers:
             acts, live = basis.activations(cache, L, pooling)

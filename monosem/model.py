@@ -161,16 +161,22 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> tuple[nn.
     """Load the base model (no LM head) and its fast tokenizer with the real transformers code, from safetensors only
     (a folder with only a pickled ``.bin`` checkpoint is refused: loading it would run ``torch.load``)."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     folder = Path(spec.path)
     if folder.is_dir() and not any(folder.glob("*.safetensors")):
         raise MonosemError(f"model folder {folder} has no .safetensors weights; this project never unpickles .bin checkpoints. "
                            "Convert it once: AutoModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)")
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar would stay at its first state in executed notebooks
     try:
         model = AutoModel.from_pretrained(spec.path, dtype=torch.float32, local_files_only=spec.local_only, use_safetensors=True)
     except OSError as exc:
         raise MonosemError(f"{spec.used}: no safetensors weights could be loaded ({str(exc).splitlines()[0][:200]}); "
                            "this project only loads .safetensors checkpoints") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=spec.local_only)
     if not getattr(tokenizer, "is_fast", False):

@@ -1,6 +1,7 @@
 """Rewrite the generated blocks of README.md: the settings table (from ``monosem.config.RunConfig``), the training defaults
 (``monosem.sae.train.TRAINING_DEFAULTS``) and, given a
-run's summary.json, the findings block (from ``monosem.report.readme_findings``).
+run's summary.json, the findings block (from ``monosem.report.readme_findings``); the speed goals are copied from
+``bench/RESULTS.md`` (written by ``bench/run.py``), so that no benchmark figure is typed in by hand.
 
     python scripts/update_readme.py                                   # rewrite the settings table
     python scripts/update_readme.py --findings data/results/<model>/summary.json   # and the findings of that run
@@ -21,7 +22,19 @@ from monosem.results import Summary
 from monosem.sae.train import training_defaults_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = {"settings": settings_table_markdown, "training-defaults": training_defaults_markdown}
+BENCH_RESULTS = README.parent / "bench" / "RESULTS.md"
+
+
+def bench_goals_markdown(path: Path = BENCH_RESULTS) -> str:
+    """The machine line and the "## Goals" table of ``bench/RESULTS.md``, as they stand."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    machine = next(line for line in lines if line.startswith("`python bench/run.py"))
+    start = lines.index("## Goals") + 2
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join([f"From `bench/RESULTS.md` ({machine.split(' on ', 1)[1].split('. ')[0]}):", "", *lines[start:end]])
+
+
+BLOCKS = {"settings": settings_table_markdown, "training-defaults": training_defaults_markdown, "speed-goals": bench_goals_markdown}
 
 
 def render(text: str, blocks: dict | None = None) -> str:

@@ -18,7 +18,7 @@ def load(name: str):
     return module
 
 
-bench_run, sae_training = load("run"), load("sae_training")
+bench_report, sae_training = load("report"), load("sae_training")
 
 
 @pytest.mark.parametrize("preset", ["topk", "matryoshka"])
@@ -46,18 +46,18 @@ def pipeline_results(ours_model: float, ours_sae: float, theirs: float) -> dict:
 def test_report_marks_the_pipeline_goal_and_explains_a_miss():
     goals: list = []
     met = pipeline_results(10.0, 5.0, 100.0)
-    lines = bench_run._pipeline_section(met, goals)
+    lines = bench_report._pipeline_section(met, goals)
     assert goals == [("text -> SAEs for layers 0-3 >= 3x SAELens's pipeline run once per layer", 100.0 / 16.0, 3.0)]
     assert any("6.25x" in line for line in lines) and any("failed: x" in line for line in lines)
-    assert not any("short of 3x" in line for line in bench_run._why_sections(met, goals))
+    assert not any("short of 3x" in line for line in bench_report._why_sections(met, goals))
     goals = []
     missed = pipeline_results(30.0, 10.0, 90.0)
-    bench_run._pipeline_section(missed, goals)
-    why = "\n".join(bench_run._why_sections(missed, goals))
+    bench_report._pipeline_section(missed, goals)
+    why = "\n".join(bench_report._why_sections(missed, goals))
     assert "short of 3x" in why and "73%" in why and "3.00x" in why, why  # model share 30/41, ceiling 90/30
 
 
 def test_goal_direction():
-    assert bench_run._met("make test under 900 s", 100.0, 900.0) and not bench_run._met("make test under 900 s", 1000.0, 900.0)
-    assert bench_run._met("same loss as SAELens, within 1%", 1e-6, 0.01) and not bench_run._met("x within 1%", 0.02, 0.01)
-    assert bench_run._met("sparse TopK training >= 3x", 3.5, 3.0) and not bench_run._met("sparse TopK training >= 3x", 2.5, 3.0)
+    assert bench_report._met("make test under 900 s", 100.0, 900.0) and not bench_report._met("make test under 900 s", 1000.0, 900.0)
+    assert bench_report._met("same loss as SAELens, within 1%", 1e-6, 0.01) and not bench_report._met("x within 1%", 0.02, 0.01)
+    assert bench_report._met("sparse TopK training >= 3x", 3.5, 3.0) and not bench_report._met("sparse TopK training >= 3x", 2.5, 3.0)

@@ -239,13 +239,13 @@ def train_sae(acts: Tensor | TokenSource, preset: str = "reference", steps: int 
               progress: bool = True, device: torch.device | str = "cpu", **overrides: Any) -> tuple[SAE, list[dict], dict]:
     """Train an SAE on token activations [n_tokens, d_in] (batches drawn at random with replacement); returns it, the
     loss of every step and the config. See ``SAETrainer``; ``train_on_store`` trains from the streaming store instead."""
-    from tqdm.auto import tqdm
+    from monosem.progress import Progress
 
     if steps < 1 or batch_size < 1:
         raise MonosemError(f"training needs steps >= 1 and batch_size >= 1 (MONOSEM_SAE_TOKENS, MONOSEM_SAE_BATCH), got {steps} and {batch_size}")
     source = TokenSource.of(acts)
     trainer = SAETrainer(source, preset, steps, seed, device, **overrides)
-    for _ in tqdm(range(steps), desc=f"train SAE ({preset})", disable=not progress, mininterval=1):
+    for _ in Progress(range(steps), desc=f"train SAE ({preset})", disable=not progress, mininterval=1):
         trainer.step(source.rows(torch.randint(0, source.n, (batch_size,), generator=trainer.gen)).to(device))
     return trainer.finish()
 
@@ -253,14 +253,14 @@ def train_sae(acts: Tensor | TokenSource, preset: str = "reference", steps: int 
 def train_on_store(store: ActivationStore, trainers: dict[tuple[str, int], SAETrainer], batch_size: int, progress: bool = True) -> None:
     """Feed every trainer ({(preset, layer): trainer}, all planned for the same steps) from one pass of ``store``:
     each batch of a layer trains every preset of that layer."""
-    from tqdm.auto import tqdm
+    from monosem.progress import Progress
 
     steps = {t.steps for t in trainers.values()}
     if len(steps) != 1:
         raise MonosemError(f"the SAEs trained in one pass must plan the same number of steps, got {sorted(steps)}")
     n_steps = steps.pop()
     desc = f"train {len(trainers)} SAEs ({batch_size} tokens per step)"
-    for batch in tqdm(store.batches(batch_size, n_steps), total=n_steps, desc=desc, disable=not progress, mininterval=1):
+    for batch in Progress(store.batches(batch_size, n_steps), total=n_steps, desc=desc, disable=not progress, mininterval=1):
         for (_, layer), trainer in trainers.items():
             trainer.step(batch[layer])
 

@@ -10,6 +10,20 @@ import pandas as pd
 from monosem.dataset import CATEGORIES
 from monosem.selectivity import check_threshold
 
+EXPORT_RENDERER = "plotly_mimetype+notebook"
+
+
+def use_export_renderer() -> None:
+    """Make ``fig.show()`` emit the plotly JSON (JupyterLab draws it) *and* an HTML fallback, with plotly.js inlined once
+    per notebook, so that nbconvert's HTML exports show every figure with no request to the network."""
+    import plotly.io as pio
+
+    if pio.renderers.default != EXPORT_RENDERER:
+        pio.renderers.default = EXPORT_RENDERER
+
+
+use_export_renderer()
+
 
 def fig_loss_curves(histories: dict[int, list[dict]], model_name: str):
     """Per-step training loss (total, MSE, L1 term) per layer, log y axis."""

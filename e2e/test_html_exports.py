@@ -1,0 +1,92 @@
+"""End-to-end: the HTML exports show their figures with the network blocked, and executed notebooks are quiet.
+
+A notebook that shows two figures through ``monosem.viz.figures`` (the renderer the notebooks use) is executed and
+exported with nbconvert, then opened in Debian's chromium (Playwright) with every request that is not a local file
+aborted: both figures must be drawn. The same count is checked on each ``build/html/*.html`` that ``make run`` wrote
+(one plot per plotly output of the executed notebook in ``build/executed/``), and those executed notebooks must have
+no stderr output. Run with ``make e2e`` (after ``make run`` for the checks of its exports).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+EXECUTED = sorted((ROOT / "build" / "executed").glob("0*.ipynb"))
+PLOTLY = "application/vnd.plotly.v1+json"
+
+
+def plotly_outputs(nb) -> int:
+    return sum(PLOTLY in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def plots_drawn_offline(html: Path) -> tuple[int, list[str]]:
+    """(the number of drawn plotly plots, the blocked requests) of ``html`` opened in chromium with the network blocked."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"chromium not found at {CHROMIUM}: install Debian's package (apt-get install chromium) or run `make e2e`")
+    blocked: list[str] = []
+
+    def route(r):
+        if r.request.url.startswith(("file:", "data:", "blob:")):
+            r.continue_()
+        else:
+            blocked.append(r.request.url)
+            r.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.route("**/*", route)
+            page.goto(html.resolve().as_uri(), wait_until="load", timeout=120_000)
+            page.wait_for_timeout(2000)
+            return page.locator(".js-plotly-plot").count(), blocked
+        finally:
+            browser.close()
+
+
+def export_html(nb, path: Path) -> Path:
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def test_figures_of_an_exported_notebook_draw_offline(tmp_path):
+    from nbconvert.preprocessors import ExecutePreprocessor
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import plotly.graph_objects as go\nimport monosem.viz.figures\ngo.Figure(go.Bar(y=[1, 2, 3])).show()"),
+        nbformat.v4.new_code_cell("go.Figure(go.Scatter(y=[3, 1, 2])).show()"),
+    ])
+    ExecutePreprocessor(timeout=300, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(ROOT)}})
+    assert plotly_outputs(nb) == 2
+    drawn, blocked = plots_drawn_offline(export_html(nb, tmp_path / "figures.html"))
+    assert drawn == 2, f"{drawn} of 2 figures drawn with the network blocked; blocked requests: {blocked}"
+
+
+@pytest.mark.parametrize("executed", EXECUTED, ids=[p.stem for p in EXECUTED])
+def test_make_run_exports_draw_every_figure_offline(executed):
+    html = ROOT / "build" / "html" / f"{executed.stem}.html"
+    if not html.exists():
+        pytest.skip(f"{html} not written: run `make run`")
+    want = plotly_outputs(nbformat.read(executed, as_version=4))
+    drawn, blocked = plots_drawn_offline(html)
+    assert drawn >= want, f"{html.name}: {drawn} of {want} figures drawn with the network blocked; blocked: {json.dumps(blocked[:5])}"
+
+
+@pytest.mark.parametrize("executed", EXECUTED, ids=[p.stem for p in EXECUTED])
+def test_executed_notebooks_have_no_stderr_output(executed):
+    nb = nbformat.read(executed, as_version=4)
+    noisy = [(i, o.get("text", "")[:200]) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+             for o in c.get("outputs", []) if o.output_type == "stream" and o.get("name") == "stderr"]
+    assert not noisy, f"{executed.name}: stderr output in cells {noisy}"
