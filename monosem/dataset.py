@@ -19,6 +19,10 @@ CATEGORIES: tuple[str, ...] = CONCEPTS + CONTROLS
 REQUIRED_COLUMNS: tuple[str, ...] = ("concept", "word", "sentence")
 FRAME_KINDS: tuple[str, ...] = ("neutral", "category")  # optional column frame_kind; without it every row is "unspecified"
 UNSPECIFIED = "unspecified"
+# Surface forms a concept's words split into (name, regex on the word). A unit that fires on one form of the concept's
+# words and not the other responds to the form (digits, an -ing ending), not to the concept: ``surface_form_balance``.
+SURFACE_FORMS: dict[str, tuple[str, str]] = {"numbers": ("written in digits", r"\d"), "actions": ("ending in -ing", r"ing$")}
+FORM_BOUND = 0.1  # balance below which a unit counts as bound to one surface form
 
 
 def word_span(sentence: str, word: str) -> tuple[int, int] | None:

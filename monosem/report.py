@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from monosem.dataset import FORM_BOUND, SURFACE_FORMS
 from monosem.results import Summary
 
 CONTROL_PREFIX = "random-weight model"
@@ -28,6 +29,14 @@ def _by_layer(scorecard: dict[str, dict[str, dict[str, Any]]], key: str) -> dict
     return out
 
 
+def _form_bound_detail(row: dict) -> str:
+    """'actions 2 of 2, numbers 1 of 6; balance < 0.1 between digits and spelled-out numbers, -ing and other actions'."""
+    bound, selective = row.get("n_selective_form_bound_by_concept", {}), row.get("n_selective_by_concept", {})
+    parts = ", ".join(f"{c} {bound.get(c, 0)} of {selective.get(c, 0)}" for c in SURFACE_FORMS if selective.get(c, 0))
+    forms = ", ".join(f"{c}: {name} or not" for c, (name, _) in SURFACE_FORMS.items())
+    return f"{parts or 'none with surface forms'}; mean activation on one form below {FORM_BOUND:g}x the other ({forms})"
+
+
 def findings(summary: Summary) -> list[str]:
     """The run's findings as sentences, each computed from ``summary``."""
     s = summary
@@ -41,7 +50,9 @@ def findings(summary: Summary) -> list[str]:
         budget = f"{row['train_tokens']:,} training tokens" if "train_tokens" in row else "its training budget"
         out.append(f"Layer {layer}, {s.sae_preset} SAE ({row.get('n_features', '?')} features, {budget}): {row.get('n_selective', 0)} selective ({by_concept}); "
                    f"{row.get('n_monosemantic', 0)} above the reference threshold; {row.get('n_control_top', 0)} replicate with a control category on top; "
-                   f"{row.get('n_selective_category_frames', 0)} would be selective on the category frames.")
+                   f"{row.get('n_selective_category_frames', 0)} would be selective on the category frames"
+                   + (f"; {row['n_selective_form_bound']} of the selective units respond to one surface form of their concept's words only "
+                      f"({_form_bound_detail(row)})." if "n_selective_form_bound" in row else "."))
     fractions = _by_layer(s.scorecard, "fraction_selective_active")
     probes = _by_layer(s.scorecard, "probe_k5_auroc")
     for layer in fractions:

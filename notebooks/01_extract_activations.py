@@ -154,6 +154,17 @@ h.save_figure(paths, fig, "01_activation_norms", cfg.save_figures)
 fig.show()
 
 # %% [markdown]
+# ## What we found
+# Computed from the cells above.
+
+# %%
+print(f"{len(df):,} sentences of {df.word.nunique()} words in {df.concept.nunique()} categories; all {len(check):,} word spans decode back to their word.")
+print(f"{cache.n_tokens:,} concept-sentence tokens cached for layers {layers} of {spec.used}.")
+print(f"SAE training will read {plan.tokens_per_sae:,} tokens per SAE of {corpus_spec.title} ({corpus_tokens:,} tokens, "
+      f"{plan.tokens_per_sae / corpus_tokens:.2f} passes); {corpus.n_dropped} corpus texts contained a concept sentence and were dropped.")
+print("token norm by layer, median (largest): " + "; ".join(f"layer {L} {np.median(norms[L]):.1f} ({norms[L].max():.1f})" for L in layers) + ".")
+
+# %% [markdown]
 # ## Saved
 # The activations are in the folders printed above (`data/activations/<model>/<key>/`, one each for the
 # concept sentences, the corpus sample and the held-out texts): `tokens_L<L>.npy` (every non-special token,

@@ -90,12 +90,19 @@ fig1.show()
 # ## Per layer: the reference criterion and the final label
 # The reference's summary line, then the final label's counts; below, the top selective features with their statistics,
 # ranked by held-out AUROC (the effect size on words never used to pick them).
+#
+# `surface_form_balance` audits the label against the words' form: numbers are written in digits or spelled out,
+# and most action words end in *-ing*. It is the unit's mean activation on the words of one form divided by that on
+# the other (smaller over larger): a unit near 0 responds to the form (digits, an *-ing* ending), not to the concept,
+# and the summary lines count such units ("bound to one surface form"). The dataset has no *-ing* words outside
+# actions, so the criterion alone cannot tell an *-ing* feature from an action feature; this column can.
 
 # %%
 summaries = {L: h.layer_summary(tables[L], cfg.threshold) for L in layers}
 for L in layers:
     print(h.summary_line(L, summaries[L]))
-cols = ["feature", "score_reference", "ci_low", "ci_high", "top_category", "replication", "auroc_heldout", "n_active_words", "selective_category_frames"]
+cols = ["feature", "score_reference", "ci_low", "ci_high", "top_category", "replication", "auroc_heldout", "n_active_words", "selective_category_frames",
+        "surface_form_balance"]
 best = pd.concat({L: tables[L].set_index("feature").loc[h.top_features(tables[L].loc[tables[L]["selective"]], cfg.top_k)].reset_index()[cols]
                   for L in layers}, names=["layer", "rank"])
 best.style.format(precision=3).set_caption(f"{run.spec.used}: selective {preset} features (final label), best first")

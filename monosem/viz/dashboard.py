@@ -116,7 +116,7 @@ def fig_dashboard(data: dict):
 
 
 STAT_COLUMNS = ("score_reference", "ci_low", "ci_high", "top_category", "selective", "replication", "auroc_heldout", "n_active_words",
-                "selective_category_frames", "causal_effect", "causal_p")
+                "selective_category_frames", "surface_form_balance", "causal_effect", "causal_p")
 
 
 def build_dashboards(model_name: str, features: dict[int, list[int]], saes: dict[int, SAE], sources_by_layer: dict[int, list[tuple[str, ActivationCache, Sequence[str]]]],
