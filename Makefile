@@ -1,4 +1,4 @@
-# make setup | make run [MODEL=...] | make test (lint + pytest + nbval) | make lint | make e2e | make bench | make lab
+# make setup | make run [MODEL=...] | make report | make test (lint + pytest + nbval) | make lint | make e2e | make bench | make lab
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ MODEL ?=
 STAMP := $(VENV)/.setup-stamp
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: setup wordnet run test lint readme sync e2e bench lab
+.PHONY: setup wordnet run report test lint readme sync e2e bench lab
 
 setup: $(STAMP) wordnet
 
@@ -58,6 +58,12 @@ sync: setup
 # Rewrites README.md's generated blocks (the settings table from monosem.config.RunConfig).
 readme: setup
 	$(BIN)/python scripts/update_readme.py
+
+# Writes the findings block of README.md from the newest data/results/<model>/summary.json (after make run).
+report: setup
+	@summary=$$(ls -t data/results/*/summary.json 2>/dev/null | head -1); \
+	if [ -z "$$summary" ]; then echo "make report: no data/results/<model>/summary.json; run make run first"; exit 1; fi; \
+	$(BIN)/python scripts/update_readme.py --findings "$$summary" && echo "README.md findings from $$summary"
 
 # JupyterLab in Debian's chromium, driven by Playwright; installs the package when it is missing (root).
 e2e: setup

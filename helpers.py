@@ -16,7 +16,7 @@ from monosem.causal import ablation_output_change, causal_effects, concept_token
 from monosem.config import RunConfig
 from monosem.corpus import corpus_words_needed, load_or_build_corpus, resolve_corpus, sample_texts, show_corpus_banner
 from monosem.criterion import Criterion, frame_rows
-from monosem.dataset import CATEGORIES, CONCEPTS, FORM_BOUND, load_concepts
+from monosem.dataset import CATEGORIES, CONCEPTS, load_concepts
 from monosem.fidelity import splice_fidelity_many
 from monosem.model import check_layers, get_blocks, is_causal_lm, load_model, load_tokenizer, resolve_model, show_model_banner
 from monosem.paths import model_paths
@@ -53,7 +53,7 @@ __all__ = [
     "pick_device", "set_seed",
     "check_layers", "get_blocks", "is_causal_lm", "load_model", "load_tokenizer", "resolve_model", "show_model_banner",
     "model_paths",
-    "CATEGORIES", "CONCEPTS", "FORM_BOUND", "load_concepts",
+    "CATEGORIES", "CONCEPTS", "load_concepts",
     "corpus_words_needed", "load_or_build_corpus", "resolve_corpus", "sample_texts", "show_corpus_banner",
     "count_tokens", "position_norms", "word_token_check",
     "load_or_extract_concepts", "load_or_extract_corpus",

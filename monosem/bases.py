@@ -189,9 +189,10 @@ CONTROL_NAME = "random-weight model"
 def random_control_bases(data: Path, spec: ModelSpec, df: pd.DataFrame, layers: Sequence[int], background_texts: Sequence[str], preset: str,
                          steps: int, batch_size: int, seed: int = 0, device: torch.device | str = "cpu", **overrides: Any) -> list[Basis]:
     """The negative control's bases: the model's architecture with random weights (``monosem.controls``) through the
-    same extraction, an SAE of ``preset`` trained for ``steps`` x ``batch_size`` tokens, and its residual and MLP units."""
+    same extraction, an SAE of ``preset`` trained for ``steps`` x ``batch_size`` tokens of the corpus sample (never the
+    concept sentences, as for the real SAEs), and its residual and MLP units."""
     _, concepts, background = random_control_caches(data, spec, df, layers, background_texts, seed, device=device)
-    saes = {L: train_sae(TokenSource.from_caches([concepts, background], L), preset, steps, batch_size, seed, progress=False, device=device, **overrides)[0]
+    saes = {L: train_sae(TokenSource.from_caches([background], L), preset, steps, batch_size, seed, progress=False, device=device, **overrides)[0]
             for L in layers}
     return [OnCache(f"{CONTROL_NAME}: SAE ({preset})", SAEBasis(f"SAE ({preset})", saes.__getitem__, preset), concepts),
             OnCache(f"{CONTROL_NAME}: residual ±", ResidualBasis(), concepts), OnCache(f"{CONTROL_NAME}: MLP neurons", MLPBasis(), concepts)]

@@ -8,21 +8,26 @@ categories, so no frame can carry a category; see scripts/make_concepts.py). For
 - discovery: the unit's top category ``t`` is the argmax of the 8 category means on half D;
 - confirmation, on the other half C only: ``t`` is again the argmax, and a one-sided Mann–Whitney
   test of t's words against the words of the runner-up category on C (the highest other category,
-  controls included, so a control that ties or sits just below is caught) is significant at false
-  discovery rate alpha over the units of the basis (Benjamini–Hochberg across units, per split), so
-  that the most extreme of thousands of null units is not confirmed by chance. The BH step makes a
-  unit's label depend a little on the other units of its basis (a basis full of signal confirms
-  more easily); that is the price of controlling false discoveries over thousands of units.
+  controls included, so a control that ties or sits just below is caught) gives p < alpha. Each unit
+  is tested on its own (``multiplicity="none"``, the default), so a unit's label depends on its own
+  activations only, never on the other units of its basis; a null unit must pass in at least
+  ``min_replication`` of the splits, which no null unit does (tests: 0 of 4,000). ``multiplicity="bh"``
+  applies Benjamini–Hochberg across the basis's units per split instead; counts then depend on the
+  basis's size and on its other units, which makes bases of different widths incomparable.
 
 ``replication`` is the share of splits in which the unit's overall top category is discovered and
 confirmed: a split *stability* over the same words, not a probability of replicating on new words.
-``auroc_heldout`` scores each split's discovery-half top category on the other half only. ``selective`` requires the top category to be a concept, ``replication >= min_replication``
-and activity on at least ``min_active_words`` words. The word is the unit of every statistic.
+``auroc_heldout`` scores each split's discovery-half top category on the other half only. ``selective`` requires the top
+category to be a concept, ``replication >= min_replication``, activity on at least ``min_active_words`` words, and a
+``surface_form_balance`` of at least ``form_bound`` where the concept's words come in two surface forms (digits or
+spelled-out numbers, -ed or other emotions, -ing or other actions): a unit that fires on one form only reads the form,
+and is counted as ``form_bound`` instead. The word is the unit of every statistic.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +38,7 @@ from scipy.special import ndtr
 from torch import Tensor
 
 from monosem.config import RunConfig
-from monosem.dataset import CATEGORIES, CONCEPTS, UNSPECIFIED
+from monosem.dataset import CATEGORIES, CONCEPTS, FORM_BOUND, SURFACE_FORMS, UNSPECIFIED
 from monosem.stats import WordData, word_data
 
 
@@ -46,16 +51,20 @@ class Criterion:
     min_replication: float = 0.9  # share of splits that must confirm the top category
     min_active_words: int = 5  # a unit active on fewer words is not a concept feature
     seed: int = 0
+    form_bound: float = FORM_BOUND  # a unit whose surface_form_balance is below this reads a form of the words, not the concept
+    multiplicity: str = "none"  # "none": each unit tested at alpha on its own; "bh": Benjamini-Hochberg across the basis's units per split
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> Criterion:
         """The criterion with the run's alpha, splits, replication level and seed."""
         return cls(n_splits=cfg.n_splits, alpha=cfg.alpha, min_replication=cfg.min_replication, seed=cfg.seed)
 
-    def describe(self) -> dict[str, float | int | str]:
+    def describe(self) -> dict[str, float | int | str | dict[str, str]]:
         """The settings as recorded in summary.json."""
+        across = "BH across the basis's units per split" if self.multiplicity == "bh" else "each unit on its own (no correction across units)"
         return {**dataclasses.asdict(self), "frames": "neutral",
-                "test": "one-sided Mann-Whitney over held-out words, top category vs the runner-up category, BH across the basis's units per split"}
+                "test": f"one-sided Mann-Whitney over held-out words, top category vs the runner-up category, {across}",
+                "surface_forms": {c: name for c, (name, _) in SURFACE_FORMS.items()}}
 
 
 def frame_rows(df: pd.DataFrame, kind: str = "neutral") -> np.ndarray:
@@ -203,7 +212,8 @@ def replicate(wd: WordData, n_categories: int, criterion: Criterion = Criterion(
                 held_means = category_means(means, wd.category, n_cat, rows)
                 held_top = top_of(held_means)
                 p_runner_up = _versus_runner_up(means[rows], wd.category[rows], t, held_means)
-                confirmed[s] = (t >= 0) & (held_top == t) & (bh_qvalues(p_runner_up) < criterion.alpha)
+                q = bh_qvalues(p_runner_up) if criterion.multiplicity == "bh" else p_runner_up
+                confirmed[s] = (t >= 0) & (held_top == t) & (q < criterion.alpha)
                 aurocs[s] = np.where(t >= 0, auroc, np.nan)  # the discovery half's top category, scored on words it never saw
         replicated[s] = confirmed[s] & (t == top)
     with warnings.catch_warnings():
@@ -218,7 +228,9 @@ def selectivity_criterion(acts: Tensor | np.ndarray, df: pd.DataFrame, criterion
     and the basis's replication rate (see ``replication_rate``).
 
     Columns: top_category ('' if silent), replication, auroc_heldout, n_active_words, selective,
-    control_top (replicated, but its top category is a control) and mean_<category> for all categories
+    control_top (replicated, but its top category is a control), form_bound (replicated with a concept on top, but
+    on one surface form of its words: see ``surface_form_balance``), surface_form_balance, top_share (the top category's
+    share of the summed positive category means: 1/8 for a unit that fires alike on all 8) and mean_<category> for all categories
     (mean over words of the word-level activation), on the rows of frame kind ``kind`` (see ``frame_rows``).
     """
     rows = frame_rows(df, kind)
@@ -237,11 +249,44 @@ def selectivity_criterion(acts: Tensor | np.ndarray, df: pd.DataFrame, criterion
     names = np.asarray(list(categories) + [""])
     table = pd.DataFrame({"top_category": names[top], "replication": replication, "auroc_heldout": auroc_heldout, "n_active_words": n_active})
     replicated = (replication >= criterion.min_replication) & (n_active >= criterion.min_active_words)
-    table["selective"] = (top >= 0) & (top < len(concepts)) & replicated
+    balance = surface_form_balance(acts, df, names[top], kind)
+    form_bound = balance < criterion.form_bound  # NaN (no surface forms) is never bound
+    table["selective"] = (top >= 0) & (top < len(concepts)) & replicated & ~form_bound
     table["control_top"] = (top >= len(concepts)) & replicated
+    table["form_bound"] = (top >= 0) & (top < len(concepts)) & replicated & form_bound
+    table["surface_form_balance"] = balance
+    positive = np.clip(cat_means, 0, None)  # specificity: the top category's share of the (positive) category means
+    table["top_share"] = np.divide(positive.max(0), positive.sum(0), out=np.zeros(positive.shape[1]), where=positive.sum(0) > 0)
     for i, c in enumerate(categories):
         table[f"mean_{c}"] = cat_means[i]
     return table, rate
+
+
+def surface_form_balance(acts: np.ndarray, df: pd.DataFrame, top_category: np.ndarray, frame_kind: str = "neutral",
+                         forms: dict[str, tuple[str, str]] = SURFACE_FORMS) -> np.ndarray:
+    """Per unit whose top category has surface forms (``SURFACE_FORMS``: numbers in digits or spelled out, actions
+    ending in -ing or not, emotions ending in -ed or not): min / max of the unit's mean activation over the category's words of each form (word-level
+    means on ``frame_kind`` frames first). 1: both forms alike; 0: only one form. NaN for other units, for a category
+    without words of both forms, and for a unit silent on both."""
+    out = np.full(acts.shape[1], np.nan)
+    rows = frame_rows(df, frame_kind)
+    for concept, (_, pattern) in forms.items():
+        units = np.flatnonzero(top_category == concept)
+        mask = rows & (df["concept"] == concept).to_numpy()
+        if not len(units) or not mask.any():
+            continue
+        words, inverse = np.unique(df["word"].to_numpy()[mask].astype(str), return_inverse=True)
+        sums = np.zeros((len(words), len(units)))
+        np.add.at(sums, inverse, acts[mask][:, units])
+        means = sums / np.bincount(inverse, minlength=len(words))[:, None]  # word-level means
+        has_form = np.array([re.search(pattern, w) is not None for w in words])
+        if has_form.all() or not has_form.any():
+            continue
+        a = np.clip(means[has_form].mean(0), 0, None)  # below zero counts as silent (MLP neurons, residual signs)
+        b = np.clip(means[~has_form].mean(0), 0, None)
+        hi = np.maximum(a, b)
+        out[units] = np.where(hi > 0, np.minimum(a, b) / np.where(hi > 0, hi, 1), np.nan)
+    return out
 
 
 def replication_rate(rep: Replication) -> float:

@@ -21,7 +21,8 @@ FRAME_KINDS: tuple[str, ...] = ("neutral", "category")  # optional column frame_
 UNSPECIFIED = "unspecified"
 # Surface forms a concept's words split into (name, regex on the word). A unit that fires on one form of the concept's
 # words and not the other responds to the form (digits, an -ing ending), not to the concept: ``surface_form_balance``.
-SURFACE_FORMS: dict[str, tuple[str, str]] = {"numbers": ("written in digits", r"\d"), "actions": ("ending in -ing", r"ing$")}
+SURFACE_FORMS: dict[str, tuple[str, str]] = {"numbers": ("written in digits", r"\d"), "emotions": ("ending in -ed", r"ed$"),
+                                              "actions": ("ending in -ing", r"ing$")}
 FORM_BOUND = 0.1  # balance below which a unit counts as bound to one surface form
 
 

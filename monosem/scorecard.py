@@ -11,7 +11,6 @@ probing on held-out words with the controls as negatives.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ import pandas as pd
 from torch import Tensor
 
 from monosem.criterion import Criterion, frame_rows, mann_whitney_greater, selectivity_criterion, split_halves
-from monosem.dataset import CATEGORIES, CONCEPTS, SURFACE_FORMS
+from monosem.dataset import CATEGORIES, CONCEPTS
 from monosem.selectivity import selectivity_table
 from monosem.stats import bootstrap_ci, word_data
 
@@ -37,8 +36,7 @@ def unit_table(acts: Tensor | np.ndarray, df: pd.DataFrame, live: np.ndarray | N
     score over the 4 concepts on all sentences), then the final label on the neutral frames
     (top_category, selective, control_top, replication, auroc_heldout, n_active_words,
     mean_<category> for all categories), selective_category_frames and replication_category_frames
-    (the same criterion on the category frames), surface_form_balance (``surface_form_balance``), live, and
-    causal_effect / causal_p (NaN until
+    (the same criterion on the category frames), live, and causal_effect / causal_p (NaN until
     ``monosem.causal`` fills them for the features it tests).
     """
     acts = np.asarray(acts, dtype=np.float32)
@@ -52,38 +50,10 @@ def unit_table(acts: Tensor | np.ndarray, df: pd.DataFrame, live: np.ndarray | N
     table = pd.concat([table, final], axis=1)
     table["selective_category_frames"] = on_category["selective"].to_numpy()
     table["replication_category_frames"] = on_category["replication"].to_numpy()
-    table["surface_form_balance"] = surface_form_balance(acts, df, table["top_category"].to_numpy())
     table["live"] = reference["live"].to_numpy()
     table["causal_effect"] = np.nan
     table["causal_p"] = np.nan
     return table, rate
-
-
-def surface_form_balance(acts: np.ndarray, df: pd.DataFrame, top_category: np.ndarray, frame_kind: str = "neutral",
-                         forms: dict[str, tuple[str, str]] = SURFACE_FORMS) -> np.ndarray:
-    """Per unit whose top category has surface forms (``SURFACE_FORMS``: numbers in digits or spelled out, actions
-    ending in -ing or not): min / max of the unit's mean activation over the category's words of each form (word-level
-    means on ``frame_kind`` frames first). 1: both forms alike; 0: only one form. NaN for other units, for a category
-    without words of both forms, and for a unit silent on both."""
-    out = np.full(acts.shape[1], np.nan)
-    rows = frame_rows(df, frame_kind)
-    for concept, (_, pattern) in forms.items():
-        units = np.flatnonzero(top_category == concept)
-        mask = rows & (df["concept"] == concept).to_numpy()
-        if not len(units) or not mask.any():
-            continue
-        words, inverse = np.unique(df["word"].to_numpy()[mask].astype(str), return_inverse=True)
-        sums = np.zeros((len(words), len(units)))
-        np.add.at(sums, inverse, acts[mask][:, units])
-        means = sums / np.bincount(inverse, minlength=len(words))[:, None]  # word-level means
-        has_form = np.array([re.search(pattern, w) is not None for w in words])
-        if has_form.all() or not has_form.any():
-            continue
-        a = np.clip(means[has_form].mean(0), 0, None)  # below zero counts as silent (MLP neurons, residual signs)
-        b = np.clip(means[~has_form].mean(0), 0, None)
-        hi = np.maximum(a, b)
-        out[units] = np.where(hi > 0, np.minimum(a, b) / np.where(hi > 0, hi, 1), np.nan)
-    return out
 
 
 def pure_units(means: np.ndarray, category: np.ndarray, n_categories: int, min_active_words: int = 5, purity: float = PURITY) -> int:

@@ -10,7 +10,7 @@ import pandas as pd
 from torch import Tensor
 
 from monosem.config import MonosemError
-from monosem.dataset import CONCEPTS, FORM_BOUND
+from monosem.dataset import CONCEPTS
 
 
 def check_threshold(threshold: float) -> float:
@@ -95,10 +95,10 @@ def layer_summary(table: pd.DataFrame, threshold: float) -> dict[str, Any]:
                    n_selective_by_concept={str(c): int(n) for c, n in selective["top_category"].value_counts().sort_index().items()},
                    n_control_top=int(np.sum(table["control_top"].to_numpy())),
                    n_selective_category_frames=int(np.sum(table["selective_category_frames"].to_numpy())))
-        if "surface_form_balance" in table:
-            bound = selective.loc[selective["surface_form_balance"].to_numpy() < FORM_BOUND]
-            out.update(n_selective_form_bound=int(len(bound)),
-                       n_selective_form_bound_by_concept={str(c): int(n) for c, n in bound["top_category"].value_counts().sort_index().items()})
+        if "form_bound" in table:  # replicated with a concept on top, but on one surface form of its words only: not selective
+            bound = table.loc[table["form_bound"].to_numpy().astype(bool)]
+            out.update(n_form_bound=int(len(bound)),
+                       n_form_bound_by_concept={str(c): int(n) for c, n in bound["top_category"].value_counts().sort_index().items()})
     return out
 
 
@@ -113,8 +113,8 @@ def summary_line(layer: int, s: dict) -> str:
         by_concept = ", ".join(f"{c} {n}" for c, n in s["n_selective_by_concept"].items()) or "none"
         line += (f"; final label: {s['n_selective']} selective ({by_concept}), {s['n_control_top']} with a control category on top, "
                  f"{s['n_selective_category_frames']} selective on the category frames")
-        if "n_selective_form_bound" in s:
-            line += f", {s['n_selective_form_bound']} of the selective bound to one surface form"
+        if "n_form_bound" in s:
+            line += f", {s['n_form_bound']} bound to one surface form of their concept's words (not selective)"
     return line
 
 

@@ -91,18 +91,20 @@ fig1.show()
 # The reference's summary line, then the final label's counts; below, the top selective features with their statistics,
 # ranked by held-out AUROC (the effect size on words never used to pick them).
 #
-# `surface_form_balance` audits the label against the words' form: numbers are written in digits or spelled out,
-# and most action words end in *-ing*. It is the unit's mean activation on the words of one form divided by that on
-# the other (smaller over larger): a unit near 0 responds to the form (digits, an *-ing* ending), not to the concept,
-# and the summary lines count such units ("bound to one surface form"). The dataset has no *-ing* words outside
-# actions, so the criterion alone cannot tell an *-ing* feature from an action feature; this column can.
+# Two columns qualify the label. `surface_form_balance`: numbers are written in digits or spelled out, some emotion
+# words end in *-ed* and most action words in *-ing*; the balance is the unit's mean activation on the words of one
+# form divided by that on the other (smaller over larger). A unit below 0.1 responds to the form (digits, an ending),
+# not to the concept: it is counted as *bound to one surface form* and not as selective. (The dataset has no *-ing*
+# words outside actions, so the runner-up test alone could not catch such a unit.) `top_share`: the top category's
+# share of the unit's summed category means (1/8 = fires alike on all 8), so a selective unit that also fires on
+# everything else reads as such; "selective" means reliably on top, not "fires on nothing else".
 
 # %%
 summaries = {L: h.layer_summary(tables[L], cfg.threshold) for L in layers}
 for L in layers:
     print(h.summary_line(L, summaries[L]))
 cols = ["feature", "score_reference", "ci_low", "ci_high", "top_category", "replication", "auroc_heldout", "n_active_words", "selective_category_frames",
-        "surface_form_balance"]
+        "surface_form_balance", "top_share"]
 best = pd.concat({L: tables[L].set_index("feature").loc[h.top_features(tables[L].loc[tables[L]["selective"]], cfg.top_k)].reset_index()[cols]
                   for L in layers}, names=["layer", "rank"])
 best.style.format(precision=3).set_caption(f"{run.spec.used}: selective {preset} features (final label), best first")

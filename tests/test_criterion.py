@@ -314,3 +314,57 @@ def test_bh_qvalues_match_the_textbook_procedure():
     for rank, i in enumerate(order, start=1):
         slow[i] = min(1.0, min(p[j] * n / r for r, j in enumerate(order, start=1) if r >= rank))
     np.testing.assert_allclose(bh_qvalues(p), slow)
+
+
+def test_surface_form_balance_flags_a_unit_that_reads_the_form_not_the_concept():
+    """A unit that fires on -ing action words only is bound to the form (balance 0); one that fires on every action word
+    is not (balance 1); a unit whose top category has no surface forms gets NaN; summaries count the bound ones."""
+    from monosem.criterion import surface_form_balance
+    from monosem.selectivity import layer_summary
+
+    words = {"actions": ["running", "jumping", "swimming", "run", "jump", "swim"], "colors": ["red", "blue", "green"],
+             "numbers": ["7", "42", "seven", "twelve"]}
+    rows = [(c, w, k) for c, ws in words.items() for w in ws for k in ("neutral", "neutral", "category")]
+    df = pd.DataFrame(rows, columns=["concept", "word", "frame_kind"])
+    ing = df.word.str.endswith("ing").to_numpy().astype(np.float32)
+    action = (df.concept == "actions").to_numpy().astype(np.float32)
+    digits = df.word.str.contains(r"\d").to_numpy().astype(np.float32)
+    acts = np.stack([ing * 2, action * 3, (df.concept == "colors").to_numpy() * 1.0, digits + (df.concept == "numbers").to_numpy() * 0.5,
+                     -action], axis=1).astype(np.float32)
+    top = np.array(["actions", "actions", "colors", "numbers", "actions"])
+    bal = surface_form_balance(acts, df, top)
+    assert bal[0] == 0.0 and bal[1] == pytest.approx(1.0) and np.isnan(bal[2]) and np.isnan(bal[4])
+    assert bal[3] == pytest.approx(0.5 / 1.5)  # spelled-out numbers 0.5, digits 1.5
+    table = pd.DataFrame({"feature": range(5), "score": [0.9] * 5, "live": [True] * 5, "top_concept": top, "selective": [False, True, False, True, False],
+                          "top_category": top, "control_top": [False] * 5, "form_bound": [True, False, False, False, False],
+                          "selective_category_frames": [False] * 5, "surface_form_balance": bal})
+    s = layer_summary(table, 0.6)
+    assert s["n_form_bound"] == 1 and s["n_form_bound_by_concept"] == {"actions": 1}
+
+
+def test_a_unit_reading_the_ing_form_of_action_words_is_form_bound_not_selective():
+    """Two thirds of the action words end in -ing (as in data/concepts.csv); a unit that fires on those only (and on nothing
+    else) replicates like an action unit, but it reads the form: labelled form_bound, never selective. A unit firing on
+    every action word is selective."""
+    df = crossed_frames(42)
+    ing_words = {f"actions_{w}" for w in range(42) if w % 3}
+    df["word"] = df["word"].where(~df["word"].isin(ing_words), df["word"] + "ing")
+    rng = np.random.default_rng(5)
+    action = (df["concept"] == "actions").to_numpy()
+    ing = df["word"].str.endswith("ing").to_numpy()
+    noise = 0.1 * rng.random((len(df), 2))
+    acts = np.stack([3.0 * ing, 3.0 * action], axis=1) + noise
+    table, _ = selectivity_criterion(acts.astype(np.float32), df)
+    assert table["replication"].min() >= 0.9 and (table["top_category"] == "actions").all()
+    assert table["surface_form_balance"][0] < 0.1 < table["surface_form_balance"][1]
+    assert table["form_bound"].tolist() == [True, False] and table["selective"].tolist() == [False, True]
+
+
+def test_a_units_label_does_not_depend_on_the_other_units_of_its_basis(planted_study, null_study):
+    """Each unit is tested on its own: adding 3000 null units to a basis changes no label of the units already there."""
+    df, acts = planted_study[0], planted_study[1]
+    alone, _ = selectivity_criterion(acts, df)
+    null = null_activations(df, 3000, seed=3)
+    crowded, _ = selectivity_criterion(np.concatenate([acts, null], axis=1), df)
+    assert alone["selective"].any()
+    pd.testing.assert_frame_equal(alone, crowded.iloc[: acts.shape[1]].reset_index(drop=True))

@@ -152,8 +152,8 @@ def study():
 def test_unit_table_columns_and_values(study):
     df, acts, table, _ = study
     expected = (["feature", "score_reference", "ci_low", "ci_high", "top_concept_reference", "top_category", "replication", "auroc_heldout",
-                 "n_active_words", "selective", "control_top"] + [f"mean_{c}" for c in CATEGORIES]
-                + ["selective_category_frames", "replication_category_frames", "surface_form_balance", "live", "causal_effect", "causal_p"])
+                 "n_active_words", "selective", "control_top", "form_bound", "surface_form_balance", "top_share"] + [f"mean_{c}" for c in CATEGORIES]
+                + ["selective_category_frames", "replication_category_frames", "live", "causal_effect", "causal_p"])
     assert list(table.columns) == expected
     assert len(table) == acts.shape[1] and table["feature"].tolist() == list(range(acts.shape[1]))
     np.testing.assert_array_equal(table["score_reference"].to_numpy(), selectivity_table(acts, df)["score"].to_numpy())
@@ -193,27 +193,3 @@ def test_scorecard_row_keys_and_consistency(study):
     assert 0 <= row["pure_units_null"] <= row["n_units"]
     assert 0.5 < row["probe_k1_auroc"] <= 1 and 0.5 < row["probe_k5_auroc"] <= 1
 
-
-def test_surface_form_balance_flags_a_unit_that_reads_the_form_not_the_concept():
-    """A unit that fires on -ing action words only is bound to the form (balance 0); one that fires on every action word
-    is not (balance 1); a unit whose top category has no surface forms gets NaN; summaries count the bound ones."""
-    from monosem.scorecard import surface_form_balance
-    from monosem.selectivity import layer_summary
-
-    words = {"actions": ["running", "jumping", "swimming", "run", "jump", "swim"], "colors": ["red", "blue", "green"],
-             "numbers": ["7", "42", "seven", "twelve"]}
-    rows = [(c, w, k) for c, ws in words.items() for w in ws for k in ("neutral", "neutral", "category")]
-    df = pd.DataFrame(rows, columns=["concept", "word", "frame_kind"])
-    ing = df.word.str.endswith("ing").to_numpy().astype(np.float32)
-    action = (df.concept == "actions").to_numpy().astype(np.float32)
-    digits = df.word.str.contains(r"\d").to_numpy().astype(np.float32)
-    acts = np.stack([ing * 2, action * 3, (df.concept == "colors").to_numpy() * 1.0, digits + (df.concept == "numbers").to_numpy() * 0.5,
-                     -action], axis=1).astype(np.float32)
-    top = np.array(["actions", "actions", "colors", "numbers", "actions"])
-    bal = surface_form_balance(acts, df, top)
-    assert bal[0] == 0.0 and bal[1] == pytest.approx(1.0) and np.isnan(bal[2]) and np.isnan(bal[4])
-    assert bal[3] == pytest.approx(0.5 / 1.5)  # spelled-out numbers 0.5, digits 1.5
-    table = pd.DataFrame({"feature": range(5), "score": [0.9] * 5, "live": [True] * 5, "top_concept": top, "selective": [True, True, False, True, False],
-                          "top_category": top, "control_top": [False] * 5, "selective_category_frames": [False] * 5, "surface_form_balance": bal})
-    s = layer_summary(table, 0.6)
-    assert s["n_selective_form_bound"] == 1 and s["n_selective_form_bound_by_concept"] == {"actions": 1}
