@@ -56,15 +56,16 @@ print({L: top[L] for L in layers})
 
 # %% [markdown]
 # ## Figure 2: top features × words
-# Columns are the reference study's 13 words; a selective feature lights up one block of columns.
+# Columns are the reference study's 13 words, grouped by category; rows are each layer's top features, best first
+# (the menu picks the layer). A selective feature lights up one block of columns.
 
 # %%
 missing = [w for w in REFERENCE_WORDS if w not in wms[layers[0]].index]
 assert not missing, f"reference words {missing} are not in data/concepts.csv"
-for L in layers:
-    fig2 = h.fig_word_heatmap(wms[L], top[L], REFERENCE_WORDS, f"{run.spec.used} ({preset} SAE)", L)
-    h.save_figure(run.paths, fig2, f"04_figure2_layer{L}", cfg.save_figures)
-    fig2.show()
+concept_of = run.df.drop_duplicates("word").set_index("word")["concept"]
+fig2 = h.fig_word_heatmap(wms, top, REFERENCE_WORDS, concept_of, f"{run.spec.used} ({preset} SAE)")
+h.save_figure(run.paths, fig2, "04_figure2", cfg.save_figures)
+fig2.show()
 
 # %% [markdown]
 # ## The reference study's pick, and why it follows the activation norm
@@ -97,7 +98,6 @@ ref.style.format(precision=3).set_caption(f"{run.spec.used}: the reference study
 
 # %%
 rows = []
-concept_of = run.df.drop_duplicates("word").set_index("word")["concept"]
 for L in layers:
     for f in top[L]:
         words = h.top_words(wms[L], f, 5)

@@ -98,13 +98,26 @@ def fig_concept_means(tables: dict[int, pd.DataFrame], features: dict[int, list[
     return fig
 
 
-def fig_word_heatmap(wm: pd.DataFrame, features: list[int], words: list[str], model_name: str, layer: int, title: str = "Figure 2"):
-    """Figure 2: heatmap of mean activation, features (rows) x words (columns)."""
+def fig_word_heatmap(wms: dict[int, pd.DataFrame], features: dict[int, list[int]], words: list[str], concept_of: Any, model_name: str,
+                     title: str = "Figure 2"):
+    """Figure 2: mean activation of each layer's top features (rows, best at the top) on ``words`` (columns, grouped by
+    their category ``concept_of[word]`` in CATEGORIES order); one figure, a menu picks the layer."""
     import plotly.graph_objects as go
 
-    z = wm.loc[words, features].T.to_numpy()
-    fig = go.Figure(go.Heatmap(z=z, x=words, y=[f"f{f}" for f in features], colorscale="Viridis", zmin=0, colorbar=dict(title="activation")))
-    fig.update_layout(title=f"{title} - {model_name}, layer {layer}: mean SAE activation per word", xaxis_title="word", yaxis_title="feature")
+    order = sorted(words, key=lambda w: (CATEGORIES.index(concept_of[w]) if concept_of[w] in CATEGORIES else len(CATEGORIES), words.index(w)))
+    x = [[concept_of[w] for w in order], order]  # a two-level axis: category, then word
+    layers = list(wms)
+    fig = go.Figure()
+    for i, L in enumerate(layers):
+        z = wms[L].loc[order, features[L]].T.to_numpy()
+        fig.add_heatmap(z=z, x=x, y=[f"f{f}" for f in features[L]], colorscale="Viridis", zmin=0, colorbar=dict(title="activation"),
+                        visible=i == 0, name=f"layer {L}", hovertemplate="%{x}<br>%{y}: %{z:.3f}<extra></extra>")
+    buttons = [dict(label=f"layer {L}", method="update",
+                    args=[{"visible": [j == i for j in range(len(layers))]}, {"title.text": f"{title} - {model_name}, layer {L}: mean SAE activation per word"}])
+               for i, L in enumerate(layers)]
+    fig.update_layout(title=f"{title} - {model_name}, layer {layers[0]}: mean SAE activation per word", xaxis_title="category / word",
+                      yaxis=dict(title="feature (best first)", autorange="reversed", type="category"),
+                      updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.15, yanchor="top")] if len(layers) > 1 else [])
     return fig
 
 
