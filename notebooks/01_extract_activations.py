@@ -92,7 +92,7 @@ assert cache.word(layers[0]).shape[0] == len(df), "one word-level vector per dat
 
 # %% [markdown]
 # ## The background corpus
-# The SAEs should learn the model's features on general English, not on 1,680 template sentences. The banner
+# The SAEs should learn the model's features on general English, not on 2,352 template sentences. The banner
 # names the corpus: offline, WordNet 3.0's glosses and example sentences (Debian's `wordnet-base`, which
 # `make setup` installs), online a web-text set; only where neither is available, Python's documentation
 # (`pydoc`) stands in, with an orange banner. Any text that contains a concept sentence is dropped, so the
