@@ -27,6 +27,7 @@ from monosem.results import (
     build_summary,
     collect_sae_metrics,
     export_feature_json,
+    export_feature_page,
     read_selectivity_tables,
     read_summary,
     reference_study_json,
@@ -44,7 +45,7 @@ from monosem.sae.train import SAEJob, TokenSource, train_or_load_saes, training_
 from monosem.scorecard import set_causal_columns
 from monosem.selectivity import layer_summary, reference_pick, summary_line, top_features, top_words, word_means
 from monosem.store import ActivationStore
-from monosem.viz.dashboard import FeatureDashboard, build_dashboards
+from monosem.viz.dashboard import FeatureDashboard, build_dashboards, feature_page_html
 from monosem.viz.figures import fig_concept_means, fig_loss_curves, fig_norms, fig_preset_comparison, fig_scorecard, fig_selectivity, fig_word_heatmap
 from monosem.viz.widgets import SelectivityExplorer, WordExplorer
 
@@ -69,9 +70,9 @@ __all__ = [
     "best_preset", "compare_bases", "random_control_bases", "standard_bases", "trained_sae_basis",
     "ablation_output_change", "causal_effects", "concept_token_rank", "logit_lens",
     "reference_run",
-    "build_summary", "collect_sae_metrics", "export_feature_json", "read_selectivity_tables", "read_summary", "reference_study_json", "sae_metrics_entry", "SaeMetricsFile", "save_figure", "write_sae_metrics", "write_selectivity_tables", "write_summary",
+    "build_summary", "collect_sae_metrics", "export_feature_json", "export_feature_page", "read_selectivity_tables", "read_summary", "reference_study_json", "sae_metrics_entry", "SaeMetricsFile", "save_figure", "write_sae_metrics", "write_selectivity_tables", "write_summary",
     "control_lines", "findings",
     "fig_concept_means", "fig_loss_curves", "fig_norms", "fig_preset_comparison", "fig_scorecard", "fig_selectivity", "fig_word_heatmap",
     "SelectivityExplorer", "WordExplorer",
-    "build_dashboards", "FeatureDashboard",
+    "build_dashboards", "feature_page_html", "FeatureDashboard",
 ]

@@ -105,8 +105,8 @@ def mann_whitney_greater(values: np.ndarray, positive: np.ndarray, ranked: tuple
     n2 = n - n1
     u = (ranks * positive).sum(0) - n1 * (n1 + 1) / 2
     ties = (tie_sizes**2 - 1).sum(0)  # = sum over tie groups of t^3 - t
-    var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # n < 2 words: no test (var is NaN, p = 1)
+        var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))
         auroc = np.where((n1 > 0) & (n2 > 0), u / (n1 * n2), np.nan)
         z = np.where(var > 0, (u - n1 * n2 / 2 - 0.5) / np.sqrt(np.where(var > 0, var, 1)), -np.inf)
     return auroc, 1 - ndtr(z)

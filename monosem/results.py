@@ -170,6 +170,11 @@ def export_feature_json(mp: ModelPaths, data: dict) -> Path:
     return write_json(mp.features / f"layer_{data['layer']}_feature_{data['index']}.json", data)
 
 
+def export_feature_page(mp: ModelPaths, data: dict, page: str) -> Path:
+    """Write one feature's standalone HTML page (``monosem.viz.dashboard.feature_page_html``) next to its JSON file."""
+    return atomic_write_text(mp.features / f"layer_{data['layer']}_feature_{data['index']}.html", page)
+
+
 def save_figure(mp: ModelPaths, fig: Any, name: str, enabled: bool) -> Path | None:
     """Write ``fig`` as a standalone offline HTML file under ``figures/`` when ``enabled`` (MONOSEM_SAVE_FIGURES)."""
     if not enabled:

@@ -116,17 +116,29 @@ word_explorer.widget
 
 # %% [markdown]
 # ## Feature dashboard
-# A page per feature, as Neuronpedia shows it: the top activating contexts from the concept sentences and the
-# background corpus (each token shaded by its activation; hover for the value), the activation histogram and
-# density, the mean activation per concept and control category with standard errors over words, and the
-# statistics from notebook 03. "export JSON" writes the feature's data to `data/results/<model>/features/`.
+# A page per feature, as sae_vis and Neuronpedia show it: the top contexts from the concept sentences and the
+# background corpus, each text once, shown as written (word pieces join into words) with each token shaded by its
+# activation (hover for the value); contexts sampled from four intervals of the activation range; the activation
+# histogram (log scale) and density, with a *dense* flag above 10% of tokens; the mean activation per concept and
+# control category with standard errors over words; and notebook 03's statistics as a table. The menu offers the top
+# features; "feature #" + "show" opens any feature. "export JSON + HTML" writes the feature's data and a standalone
+# page that opens offline to `data/results/<model>/features/`.
 
 # %%
 tokenizer = h.load_tokenizer(run.spec)
 sources = {L: [("concept sentences", run.concepts, run.df["sentence"].tolist()), ("background", run.background, run.background.texts())] for L in layers}
 saes = {L: basis.sae(L) for L in layers}
 dashboards = h.build_dashboards(f"{run.spec.used} ({preset} SAE)", top, saes, sources, tokenizer, run.df, feats, tables)
-dashboard = h.FeatureDashboard(dashboards, run.paths)
+
+
+def any_feature(layer: int, feature: int) -> dict:
+    """The dashboard of any feature index (the "feature #" box), computed on demand."""
+    if not 0 <= feature < saes[layer].d_sae:
+        raise IndexError(f"feature {feature} is out of range: layer {layer}'s SAE has {saes[layer].d_sae} features")
+    return h.build_dashboards(f"{run.spec.used} ({preset} SAE)", {layer: [feature]}, saes, sources, tokenizer, run.df, feats, tables)[layer][feature]
+
+
+dashboard = h.FeatureDashboard(dashboards, run.paths, compute=any_feature)
 dashboard.widget
 
 # %% [markdown]
@@ -135,7 +147,8 @@ dashboard.widget
 
 # %%
 exported = [h.export_feature_json(run.paths, d) for L in layers for d in dashboards[L].values()]
-print(f"exported {len(exported)} feature files to {run.paths.features}")
+pages = [h.export_feature_page(run.paths, d, h.feature_page_html(d)) for L in layers for d in dashboards[L].values()]
+print(f"exported {len(exported)} feature files (JSON) and {len(pages)} standalone pages (HTML) to {run.paths.features}")
 
 # %% [markdown]
 # ## Summary

@@ -71,7 +71,8 @@ class SelectivityExplorer:
     def _on_change(self, change=None) -> None:
         v = explorer_view(self.tables, self.layer.value, self.threshold.value)
         with self.figure.batch_update():
-            for trace, d in zip(self.figure.data, v["hists"].values()):
+            traces: Any = self.figure.data
+            for trace, d in zip(traces, v["hists"].values()):
                 trace.x, trace.y, trace.width = d["x"], d["y"], d["width"]
             layout: Any = self.figure.layout
             layout.shapes[0].x0 = layout.shapes[0].x1 = self.threshold.value

@@ -45,3 +45,36 @@ def test_dashboard_data_html_escaping_and_export(bundled, concepts, data_dir):
     assert path.name == f"layer_1_feature_{feature}.json" and path.parent == mp.features and saved["index"] == feature and saved["layer"] == 1
     assert {"top_contexts", "histogram", "density"} <= set(saved) and "saved" in board.status.value
     assert len(board.figure.data) == 2
+    # the standalone page was written beside the JSON and opens on its own (plotly.js inlined, no network)
+    page = path.with_suffix(".html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "plotly" in page and "cdn.plot.ly" not in page.split("<body")[0]
+    # contexts read as the original text, each text once; contexts across activation intervals
+    for c in d["top_contexts"]:
+        assert "".join(c["tokens"]).strip() == c["text"].strip(), c
+    assert len({c["text"] for c in d["top_contexts"]}) == len(d["top_contexts"])
+    assert len(d["quantile_contexts"]) == 4 and all(q["interval"][0] < q["interval"][1] for q in d["quantile_contexts"])
+    # any feature index: computed on demand and selected
+    other = (feature + 1) % sae.d_sae
+    board = FeatureDashboard(boards, mp, compute=lambda L, f: build_dashboards("m", {L: [f]}, {1: sae}, sources, tok, df, {1: ex_acts}, {1: table})[L][f])
+    shown = board.show_feature(1, other)
+    assert shown["index"] == other and board.feature.value == other and other in board.feature.options
+
+
+def test_text_pieces_read_as_words_with_a_word_piece_tokenizer(bundled):
+    from monosem.viz.dashboard import text_pieces
+
+    _, _, tok = bundled
+    text = "There were ninety chairs in the unfathomable room."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = text_pieces(tok, text, ids)
+    assert len(pieces) == len(ids) > len(text.split())  # "unfathomable" is several word pieces
+    assert "".join(pieces) == text and pieces[0] == "There" and pieces[1] == " were"
+
+
+def test_dense_features_are_flagged_and_statistics_are_a_table():
+    base = {"model": "m", "layer": 0, "index": 3, "n_tokens": 1000, "top_contexts": [], "quantile_contexts": [],
+            "stats": {"score_reference": 0.71234, "selective": True, "causal_p": float("nan"), "n_active_words": 40000.0}}
+    dense, sparse = dashboard_html({**base, "density": 0.75}), dashboard_html({**base, "density": 0.01})
+    assert ">dense</span>" in dense and ">dense</span>" not in sparse
+    assert "<th style='text-align:left;padding-right:12px'>score_reference</th><td>0.712</td>" in dense
+    assert "<td>40,000</td>" in dense and "<td>–</td>" in dense and "k = v" not in dense
