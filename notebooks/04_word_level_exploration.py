@@ -120,22 +120,23 @@ word_explorer.widget
 # background corpus, each text once, shown as written (word pieces join into words) with each token shaded by its
 # activation (hover for the value); contexts sampled from four intervals of the activation range; the activation
 # histogram (log scale) and density, with a *dense* flag above 10% of tokens; the mean activation per concept and
-# control category with standard errors over words; and notebook 03's statistics as a table. The menu offers the top
+# control category with standard errors over words; notebook 03's statistics as a table; and, for a causal LM, the
+# tokens the decoder row promotes and suppresses through the unembedding (top and bottom logits). The menu offers the top
 # features; "feature #" + "show" opens any feature. "export JSON + HTML" writes the feature's data and a standalone
 # page that opens offline to `data/results/<model>/features/`.
 
 # %%
-tokenizer = h.load_tokenizer(run.spec)
+model, tokenizer = h.load_model(run.spec, h.pick_device(cfg.device))  # the model only for a causal LM's logits (none for an encoder)
 sources = {L: [("concept sentences", run.concepts, run.df["sentence"].tolist()), ("background", run.background, run.background.texts())] for L in layers}
 saes = {L: basis.sae(L) for L in layers}
-dashboards = h.build_dashboards(f"{run.spec.used} ({preset} SAE)", top, saes, sources, tokenizer, run.df, feats, tables)
+dashboards = h.build_dashboards(f"{run.spec.used} ({preset} SAE)", top, saes, sources, tokenizer, run.df, feats, tables, model=model)
 
 
 def any_feature(layer: int, feature: int) -> dict:
     """The dashboard of any feature index (the "feature #" box), computed on demand."""
     if not 0 <= feature < saes[layer].d_sae:
         raise IndexError(f"feature {feature} is out of range: layer {layer}'s SAE has {saes[layer].d_sae} features")
-    return h.build_dashboards(f"{run.spec.used} ({preset} SAE)", {layer: [feature]}, saes, sources, tokenizer, run.df, feats, tables)[layer][feature]
+    return h.build_dashboards(f"{run.spec.used} ({preset} SAE)", {layer: [feature]}, saes, sources, tokenizer, run.df, feats, tables, model=model)[layer][feature]
 
 
 dashboard = h.FeatureDashboard(dashboards, run.paths, compute=any_feature)

@@ -160,6 +160,12 @@ def dashboard_html(data: dict) -> str:
     peak = max([c["max_value"] for c in data["top_contexts"]] + [1e-9])
     header = "<tr><th>max</th><th>source</th><th style='text-align:left'>context (shade = activation)</th></tr>"
     body = f"<h5 style='margin:6px 0'>Top contexts</h5><table>{header}{_context_rows(data['top_contexts'], peak)}</table>"
+    if "logits" in data:  # causal LMs: the tokens the decoder row promotes and suppresses (logit lens)
+        lg = data["logits"]
+        cells = "".join(f"<tr><td>{html.escape(repr(t))}</td><td>{v:+.2f}</td><td>{html.escape(repr(b))}</td><td>{w:+.2f}</td></tr>"
+                        for t, v, b, w in zip(lg["top_tokens"], lg["top_scores"], lg["bottom_tokens"], lg["bottom_scores"]))
+        body = (f"<h5 style='margin:6px 0'>Logits (decoder row through the unembedding)</h5><table style='font-size:12px'>"
+                f"<tr><th>promoted</th><th></th><th>suppressed</th><th></th></tr>{cells}</table>") + body
     for q in data.get("quantile_contexts", []):
         if q["contexts"]:
             lo, hi = q["interval"]
@@ -199,14 +205,22 @@ STAT_COLUMNS = ("score_reference", "ci_low", "ci_high", "top_category", "selecti
 
 
 def build_dashboards(model_name: str, features: dict[int, list[int]], saes: dict[int, SAE], sources_by_layer: dict[int, list[tuple[str, ActivationCache, Sequence[str]]]],
-                     tokenizer: Any, df: pd.DataFrame, example_acts: dict[int, np.ndarray], tables: dict[int, pd.DataFrame]) -> dict[int, dict[int, dict]]:
-    """Precompute ``dashboard_data`` for the listed features of each layer (one encode pass per layer)."""
+                     tokenizer: Any, df: pd.DataFrame, example_acts: dict[int, np.ndarray], tables: dict[int, pd.DataFrame],
+                     model: Any = None) -> dict[int, dict[int, dict]]:
+    """Precompute ``dashboard_data`` for the listed features of each layer (one encode pass per layer); with a causal LM
+    ``model``, each also gets the top and bottom logits of its decoder row (``monosem.causal.logit_lens``)."""
+    from monosem.causal import logit_lens
+    from monosem.model import is_causal_lm
+
     out = {}
     for L, feats in features.items():
         values = feature_token_acts(saes[L], [c.token_array(L) for _, c, _ in sources_by_layer[L]], feats)
         stats = tables[L].set_index("feature")
         out[L] = {f: dashboard_data(model_name, L, f, values[:, j], sources_by_layer[L], tokenizer, df, example_acts[L][:, f],
                                     {k: stats.loc[f, k] for k in STAT_COLUMNS if k in stats}) for j, f in enumerate(feats)}
+        if model is not None and is_causal_lm(model) and feats:
+            for row in logit_lens(model, saes[L], feats, tokenizer, k=10):
+                out[L][row.pop("feature")]["logits"] = row
     return out
 
 

@@ -78,3 +78,29 @@ def test_dense_features_are_flagged_and_statistics_are_a_table():
     assert ">dense</span>" in dense and ">dense</span>" not in sparse
     assert "<th style='text-align:left;padding-right:12px'>score_reference</th><td>0.712</td>" in dense
     assert "<td>40,000</td>" in dense and "<td>–</td>" in dense and "k = v" not in dense
+
+
+def test_a_causal_lm_dashboard_shows_the_decoder_rows_top_and_bottom_logits(gpt2_tiny, concepts, data_dir, tmp_path):
+    from monosem.causal import logit_lens
+    from monosem.model import resolve_model
+
+    model, tok = gpt2_tiny
+    model.save_pretrained(tmp_path / "gpt2", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "gpt2")
+    spec = resolve_model(str(tmp_path / "gpt2"))
+    from monosem.testing import small_concepts
+
+    df = small_concepts(concepts, 2)
+    cache = load_or_extract_concepts(model_paths(data_dir, spec.used), spec, df, [1], model_and_tokenizer=(model, tok))
+    sae, _, _ = train_sae(cache.tokens(1), "topk", steps=10, batch_size=32, progress=False, expansion=2, k=8)
+    ex_acts = encode_all(sae, cache.word(1)).numpy()
+    table, _ = unit_table(ex_acts, df, criterion=Criterion(n_splits=10), n_boot=20)
+    boards = build_dashboards("tiny", {1: [0, 3]}, {1: sae}, {1: [("concept sentences", cache, df.sentence.tolist())]}, tok, df, {1: ex_acts},
+                              {1: table}, model=model)
+    want = logit_lens(model, sae, [3], tok, k=10)[0]
+    got = boards[1][3]["logits"]
+    assert got["top_tokens"] == want["top_tokens"] and got["bottom_tokens"] == want["bottom_tokens"] and len(got["top_tokens"]) == 10
+    page = dashboard_html(boards[1][3])
+    assert "promoted" in page and "suppressed" in page
+    assert "logits" not in build_dashboards("tiny", {1: [0]}, {1: sae}, {1: [("concept sentences", cache, df.sentence.tolist())]}, tok, df,
+                                            {1: ex_acts}, {1: table})[1][0]  # no model: no logits
