@@ -176,10 +176,16 @@ def export_feature_page(mp: ModelPaths, data: dict, page: str) -> Path:
 
 
 def save_figure(mp: ModelPaths, fig: Any, name: str, enabled: bool) -> Path | None:
-    """Write ``fig`` as a standalone offline HTML file under ``figures/`` when ``enabled`` (MONOSEM_SAVE_FIGURES)."""
+    """Write ``fig`` as an offline HTML file under ``figures/`` when ``enabled`` (MONOSEM_SAVE_FIGURES); every figure
+    there loads the one ``plotly.min.js`` beside it (written once), not 4.8 MB of plotly.js each."""
     if not enabled:
         return None
-    return atomic_write_text(mp.figures / f"{slugify(name)}.html", fig.to_html(include_plotlyjs=True, full_html=True))
+    js = mp.figures / "plotly.min.js"
+    if not js.exists():
+        from plotly.offline import get_plotlyjs
+
+        atomic_write_text(js, get_plotlyjs())
+    return atomic_write_text(mp.figures / f"{slugify(name)}.html", fig.to_html(include_plotlyjs="directory", full_html=True))
 
 
 def collect_sae_metrics(mp: ModelPaths, spec: ModelSpec, presets: Sequence[str], layers: Sequence[int],

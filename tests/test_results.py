@@ -219,3 +219,21 @@ def test_written_summary_round_trips(tmp_path):
     write_summary(mp, summary)
     back = read_summary(mp, SPEC, preset="l1")
     assert json.dumps(back.to_json(), sort_keys=True) == json.dumps(json.loads(json.dumps(summary.to_json())), sort_keys=True)
+
+
+def test_saved_figures_share_one_plotly_js_and_draw_offline(tmp_path):
+    import plotly.graph_objects as go
+
+    from monosem.paths import model_paths
+    from monosem.results import save_figure
+
+    mp = model_paths(tmp_path, "some/model")
+    assert save_figure(mp, go.Figure(go.Bar(y=[1])), "a", enabled=False) is None and not mp.figures.exists()
+    a = save_figure(mp, go.Figure(go.Bar(y=[1, 2])), "Figure 1: a", enabled=True)
+    b = save_figure(mp, go.Figure(go.Bar(y=[3])), "Figure 2", enabled=True)
+    assert a and b and a.parent == b.parent == mp.figures
+    js = mp.figures / "plotly.min.js"
+    assert js.stat().st_size > 1_000_000  # plotly.js itself, written once
+    for page in (a, b):
+        text = page.read_text()
+        assert 'src="plotly.min.js"' in text and "cdn.plot.ly" not in text and len(text) < 100_000

@@ -39,10 +39,10 @@ def fig_loss_curves(histories: dict[int, list[dict]], model_name: str):
 
 
 def fig_norms(norms: dict[int, np.ndarray], model_name: str):
-    """Box plot of per-token residual-stream L2 norms per layer."""
+    """Box plot of per-token residual-stream L2 norms per layer, with the outliers (beyond 1.5 IQR) drawn as points."""
     import plotly.graph_objects as go
 
-    fig = go.Figure([go.Box(y=v, name=f"layer {L}", boxpoints=False) for L, v in norms.items()])
+    fig = go.Figure([go.Box(y=v, name=f"layer {L}", boxpoints="outliers", marker=dict(size=3)) for L, v in norms.items()])
     fig.update_layout(title=f"{model_name}: residual-stream norm per token, by layer", yaxis_title="L2 norm", xaxis_title="layer")
     return fig
 
