@@ -1,7 +1,8 @@
 """Rewrite the generated blocks of README.md: the settings table (from ``monosem.config.RunConfig``), the training defaults
 (``monosem.sae.train.TRAINING_DEFAULTS``) and, given a
 run's summary.json, the findings block (from ``monosem.report.readme_findings``); the speed goals are copied from
-``bench/RESULTS.md`` (written by ``bench/run.py``), so that no benchmark figure is typed in by hand.
+``bench/RESULTS.md`` (written by ``bench/run.py``) and the run times from ``bench/make_run_times.json`` (written by
+``bench/make_run_times.py``), so that no benchmark figure is typed in by hand.
 
     python scripts/update_readme.py                                   # rewrite the settings table
     python scripts/update_readme.py --findings data/results/<model>/summary.json   # and the findings of that run
@@ -34,7 +35,24 @@ def bench_goals_markdown(path: Path = BENCH_RESULTS) -> str:
     return "\n".join([f"From `bench/RESULTS.md` ({machine.split(' on ', 1)[1].split('. ')[0]}):", "", *lines[start:end]])
 
 
-BLOCKS = {"settings": settings_table_markdown, "training-defaults": training_defaults_markdown, "speed-goals": bench_goals_markdown}
+RUN_TIMES = README.parent / "bench" / "make_run_times.json"
+
+
+def run_times_markdown(path: Path = RUN_TIMES) -> str:
+    """The newest record per model of ``bench/make_run_times.json`` (written by ``bench/make_run_times.py``) as a table."""
+    records = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    newest = {r["model"]: r for r in records}  # later records replace earlier ones
+    rows = ["| model | machine | date | `make run` wall time | peak RSS | passed | load average before / after | note |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in newest.values():
+        load = f"{r['load_before']} / {r['load_after']}" if "load_before" in r else "not recorded"
+        rows.append(f"| {r['model']} | {r['machine']} | {r['date']} | {r['seconds'] / 60:.1f} min | {r['peak_rss_mb'] / 1024:.1f} GB | "
+                    f"{'yes' if r['ok'] else '**no**'} | {load} | {r.get('note', '')} |")
+    return "\n".join(rows) if newest else "No run timed yet: `python bench/make_run_times.py --run bundled`."
+
+
+BLOCKS = {"settings": settings_table_markdown, "training-defaults": training_defaults_markdown, "speed-goals": bench_goals_markdown,
+          "run-times": run_times_markdown}
 
 
 def render(text: str, blocks: dict | None = None) -> str:

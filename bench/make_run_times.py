@@ -1,0 +1,88 @@
+"""Wall time and peak memory of `make run`, recorded in bench/make_run_times.json (the README's times block is made
+from that file by `make readme`, so no time is typed in by hand).
+
+    python bench/make_run_times.py --run bundled                       # times `make run MODEL=bundled` with an empty data folder
+    python bench/make_run_times.py --run /path/to/gpt2-medium-folder   # any model folder or hub name
+    python bench/make_run_times.py --from-time-log LOG --model NAME    # records a run timed with `/usr/bin/time -v make run ...`
+
+Each record keeps the machine, the date, the model, the seconds, the peak RSS, whether it passed, the load average
+before and after (this machine is shared: a high load means the time is an upper bound) and a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDS = ROOT / "bench" / "make_run_times.json"
+
+
+def machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}"
+
+
+def time_make_run(model: str) -> dict:
+    """`make run MODEL=model` with an empty data folder (MONOSEM_DATA_DIR in a temporary folder): cold caches."""
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="make-run-") as data:
+        env = {**os.environ, "MONOSEM_DATA_DIR": data}
+        t0 = time.perf_counter()
+        proc = subprocess.run(["make", "run", f"MODEL={model}"], cwd=ROOT, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if proc.returncode:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(peak_mb), "ok": proc.returncode == 0,
+            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2), "how": "bench/make_run_times.py --run"}
+
+
+def parse_time_log(path: Path) -> dict:
+    """Seconds, peak RSS and exit status from the output of `/usr/bin/time -v`."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    status = re.search(r"Exit status: (\d+)", text)
+    if not (wall and rss and status):
+        raise SystemExit(f"{path}: not the output of /usr/bin/time -v (no wall time, peak RSS or exit status)")
+    seconds = 0.0
+    for part in wall.group(1).split(":"):
+        seconds = seconds * 60 + float(part)
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(int(rss.group(1)) / 1024), "ok": status.group(1) == "0",
+            "how": f"/usr/bin/time -v make run, log {path.name}"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", metavar="MODEL", help="time `make run MODEL=...` now")
+    ap.add_argument("--from-time-log", type=Path, metavar="LOG", help="record a run timed with /usr/bin/time -v")
+    ap.add_argument("--model", help="with --from-time-log: the model the run used (a description, e.g. 'GPT-2 Medium size, random weights')")
+    ap.add_argument("--note", default="", help="what else a reader should know (e.g. other jobs on the machine)")
+    args = ap.parse_args()
+    if bool(args.run) == bool(args.from_time_log):
+        ap.error("give exactly one of --run and --from-time-log")
+    if args.from_time_log and not args.model:
+        ap.error("--from-time-log needs --model")
+    record = time_make_run(args.run) if args.run else parse_time_log(args.from_time_log)
+    record = {"model": args.model or args.run, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), **record, "note": args.note}
+    records = json.loads(RECORDS.read_text(encoding="utf-8")) if RECORDS.exists() else []
+    records.append(record)
+    RECORDS.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(record, indent=1))
+    return 0 if record["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
