@@ -34,11 +34,20 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}"
 
 
-def time_make_run(model: str) -> dict:
-    """`make run MODEL=model` with an empty data folder (MONOSEM_DATA_DIR in a temporary folder): cold caches."""
+CACHES = ("activations", "corpus", "runs", "saes", "results")  # what make run writes under the data folder
+
+
+def time_make_run(model: str, data: Path | None = None) -> dict:
+    """`make run MODEL=model` with cold caches: in a temporary data folder, or in ``data`` after its caches and results
+    (``CACHES``) are removed, so that the run's results stay there."""
+    import shutil
+
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="make-run-") as data:
-        env = {**os.environ, "MONOSEM_DATA_DIR": data}
+    with tempfile.TemporaryDirectory(prefix="make-run-") as tmp:
+        folder = Path(data or tmp)
+        for sub in CACHES:
+            shutil.rmtree(folder / sub, ignore_errors=True)
+        env = {**os.environ, "MONOSEM_DATA_DIR": str(folder)}
         t0 = time.perf_counter()
         proc = subprocess.run(["make", "run", f"MODEL={model}"], cwd=ROOT, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
@@ -76,12 +85,18 @@ def main() -> int:
     if args.from_time_log and not args.model:
         ap.error("--from-time-log needs --model")
     record = time_make_run(args.run) if args.run else parse_time_log(args.from_time_log)
-    record = {"model": args.model or args.run, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), **record, "note": args.note}
+    record = save_record(args.model or args.run, record, args.note)
+    print(json.dumps(record, indent=1))
+    return 0 if record["ok"] else 1
+
+
+def save_record(model: str, record: dict, note: str = "") -> dict:
+    """Append a timing to ``bench/make_run_times.json`` with the model, the machine and the date."""
+    record = {"model": model, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), **record, "note": note}
     records = json.loads(RECORDS.read_text(encoding="utf-8")) if RECORDS.exists() else []
     records.append(record)
     RECORDS.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps(record, indent=1))
-    return 0 if record["ok"] else 1
+    return record
 
 
 if __name__ == "__main__":
