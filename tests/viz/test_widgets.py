@@ -63,3 +63,24 @@ def test_word_explorer_layer_and_feature(tables):
     ex.layer.value = 1
     assert ex.feature.value == 7 and "feature 7" in ex.figure.layout.title.text
     assert tuple(ex.figure.data[0].y) == pytest.approx(tuple(top_words(wms[1], 7, 10)))
+
+
+def test_one_count_of_selective_features_in_summary_lines_explorer_figure_1_and_findings(tables):
+    """The same number of selective features per layer in the summary line, the explorer at the default threshold,
+    Figure 1's red bars and the README's findings sentence."""
+    from monosem.report import findings
+    from monosem.results import Summary
+    from monosem.selectivity import layer_summary, summary_line
+    from monosem.viz.figures import fig_selectivity
+
+    fig = fig_selectivity(tables, 0.6, "toy")
+    red = [t for t in fig.data if t.name == "selective (final label)"]
+    per_layer = {str(L): layer_summary(t, 0.6) for L, t in tables.items()}
+    summary = Summary("toy", "toy", "", list(tables), 0.6, 0.05, "mean", "topk", 10, 10, 10, 0, Criterion().describe(), per_layer)
+    sentences = "\n".join(findings(summary))
+    for i, (L, t) in enumerate(tables.items()):
+        n = int(t["selective"].sum())
+        assert f"{n} selective" in summary_line(L, per_layer[str(L)])
+        assert explorer_view(tables, L, 0.6)["count_selective"] == n
+        assert int(sum(red[i].y)) == n
+        assert f"Layer {L}, topk SAE (40 features, its training budget): {n} selective" in sentences
