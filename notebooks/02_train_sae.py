@@ -123,7 +123,9 @@ for L in run.layers:
     mean_act = h.TokenSource.from_caches(run.caches, L).mean_and_norm()[0]  # for mean ablation
     per_sae = h.splice_fidelity_many(model, tokenizer, run.fidelity_texts(), L, {p: trained[p, L][0] for p in cfg.sae_presets}, mean_act)
     fidelity.update({(p, L): per_sae[p] for p in cfg.sae_presets})
-pd.DataFrame(fidelity).T.rename_axis(["preset", "layer"])
+fid = pd.DataFrame(fidelity).T.rename_axis(["preset", "layer"])
+kind = fid.pop("kind").iloc[0] if "kind" in fid else "fidelity"
+fid.style.format(precision=3).set_caption(f"{title}: downstream fidelity ({kind}) on {len(run.fidelity_texts())} held-out texts")
 
 # %% [markdown]
 # ## How good is each SAE?
@@ -139,7 +141,9 @@ path = h.write_sae_metrics(run.paths, h.SaeMetricsFile(run.spec.asked, run.spec.
 metrics = pd.DataFrame([{"preset": p, "layer": L, **per_preset[p][str(L)]} for p in cfg.sae_presets for L in run.layers])
 print(f"metrics: {path}")
 shown = ["preset", "layer", "d_sae", "train_tokens", "fve_heldout", "l0", "dead_fraction", "dense_fraction", "fidelity", "loss_change_last10pct", "tokens_per_second"]
-metrics[shown].style.format(precision=4).set_caption(f"{title}: SAE metrics per preset and layer on {int(metrics['heldout_tokens'].iloc[0]):,} held-out tokens")
+metrics[shown].set_index(["preset", "layer"]).style.format(
+    {"d_sae": "{:,}", "train_tokens": "{:,}", "fve_heldout": "{:.3f}", "l0": "{:.1f}", "dead_fraction": "{:.1%}", "dense_fraction": "{:.1%}",
+     "fidelity": "{:.3f}", "loss_change_last10pct": "{:+.2%}", "tokens_per_second": "{:,.0f}"}).set_caption(f"{title}: SAE metrics per preset and layer on {int(metrics['heldout_tokens'].iloc[0]):,} held-out tokens")
 
 # %% [markdown]
 # The checks. Errors stop the notebook (after the saving above): metrics out of range, or an L0 the architecture

@@ -141,7 +141,9 @@ display(scorecard.pivot(index="basis", columns="layer", values="fraction_selecti
 fig_card = h.fig_scorecard(scorecard, run.spec.used)
 h.save_figure(run.paths, fig_card, "03_scorecard", cfg.save_figures)
 fig_card.show()
-scorecard.style.format(precision=3).set_caption(f"{run.spec.used}: scorecard per basis and layer")
+ints = [c for c in scorecard.columns if c.startswith("n_") or c == "pure_units"]
+scorecard.set_index(["basis", "layer"]).style.format(precision=3).format("{:,}", subset=ints).format("{:.1%}", subset=["fraction_selective_active"]) \
+    .set_caption(f"{run.spec.used}: scorecard per basis and layer")
 
 # %% [markdown]
 # ## The negative control
