@@ -90,3 +90,20 @@ def test_executed_notebooks_have_no_stderr_output(executed):
     noisy = [(i, o.get("text", "")[:200]) for i, c in enumerate(nb.cells) if c.cell_type == "code"
              for o in c.get("outputs", []) if o.output_type == "stream" and o.get("name") == "stderr"]
     assert not noisy, f"{executed.name}: stderr output in cells {noisy}"
+
+
+def test_readme_findings_are_what_make_report_writes_from_this_run():
+    """After `make run` + `make report`, the README's findings block is exactly what the script writes from the run's
+    summary.json (a stale or hand-edited block fails)."""
+    import re
+
+    from monosem.report import readme_findings
+    from monosem.results import Summary
+
+    runs = sorted((ROOT / "data" / "results").glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        pytest.skip("no data/results/<model>/summary.json: run `make run`")
+    block = re.search(r"<!-- findings:start -->\n(.*?)\n<!-- findings:end -->", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    assert block, "README.md has no findings block"
+    want = readme_findings(Summary(**json.loads(runs[-1].read_text(encoding="utf-8"))))
+    assert block.group(1) == want, f"README.md's findings differ from {runs[-1]}: run `make report`"
