@@ -64,13 +64,30 @@ def parse_time_log(path: Path) -> dict:
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
     status = re.search(r"Exit status: (\d+)", text)
+    cpu = re.search(r"Percent of CPU this job got: (\d+)%", text)
     if not (wall and rss and status):
         raise SystemExit(f"{path}: not the output of /usr/bin/time -v (no wall time, peak RSS or exit status)")
     seconds = 0.0
     for part in wall.group(1).split(":"):
         seconds = seconds * 60 + float(part)
     return {"seconds": round(seconds, 1), "peak_rss_mb": round(int(rss.group(1)) / 1024), "ok": status.group(1) == "0",
-            "how": f"/usr/bin/time -v make run, log {path.name}"}
+            **({"cpu_percent": int(cpu.group(1))} if cpu else {}), "how": f"/usr/bin/time -v make run, log {path.name}"}
+
+
+def notebook_seconds(executed: Path) -> dict[str, float]:
+    """Seconds per executed notebook in ``executed`` (nbconvert's cell timestamps: the sum over code cells)."""
+    from datetime import datetime
+
+    out = {}
+    for path in sorted(executed.glob("0*.ipynb")):
+        total = 0.0
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            t = cell.get("metadata", {}).get("execution", {})
+            if "iopub.execute_input" in t and "shell.execute_reply" in t:
+                total += (datetime.fromisoformat(t["shell.execute_reply"].replace("Z", "+00:00"))
+                          - datetime.fromisoformat(t["iopub.execute_input"].replace("Z", "+00:00"))).total_seconds()
+        out[path.stem] = round(total, 1)
+    return out
 
 
 def main() -> int:
@@ -79,12 +96,16 @@ def main() -> int:
     ap.add_argument("--from-time-log", type=Path, metavar="LOG", help="record a run timed with /usr/bin/time -v")
     ap.add_argument("--model", help="with --from-time-log: the model the run used (a description, e.g. 'GPT-2 Medium size, random weights')")
     ap.add_argument("--note", default="", help="what else a reader should know (e.g. other jobs on the machine)")
+    ap.add_argument("--executed", type=Path, help="with --from-time-log: the run's build/executed/ folder, for the seconds per notebook")
     args = ap.parse_args()
     if bool(args.run) == bool(args.from_time_log):
         ap.error("give exactly one of --run and --from-time-log")
     if args.from_time_log and not args.model:
         ap.error("--from-time-log needs --model")
     record = time_make_run(args.run) if args.run else parse_time_log(args.from_time_log)
+    executed = args.executed or (ROOT / "build" / "executed" if args.run else None)
+    if executed is not None:
+        record["notebook_seconds"] = notebook_seconds(executed)
     record = save_record(args.model or args.run, record, args.note)
     print(json.dumps(record, indent=1))
     return 0 if record["ok"] else 1
