@@ -90,6 +90,38 @@ class _SparseCode(torch.autograd.Function):
         return None, None, dW_enc, db_enc, db_dec, dW_dec, None, None, None, None
 
 
+class _SparseActs(torch.autograd.Function):
+    """relu(top) [m] of chosen (token, latent) entries, attached to the encoder with the sparse backward of ``_SparseCode``
+    (encoder gradients at the chosen latents only): for ReLU SAEs, whose loss also reads the activations (L1)."""
+
+    @staticmethod
+    def forward(ctx: Any, top: Tensor, x_in: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, tok_rows: Tensor, cols: Tensor) -> Tensor:
+        acts = top.relu()
+        ctx.save_for_backward(x_in, W_enc, acts, tok_rows, cols)
+        ctx.with_b_dec = b_dec is not None
+        return acts
+
+    @staticmethod
+    def backward(ctx: Any, grad_acts: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x_in, W_enc, acts, tok_rows, cols = ctx.saved_tensors
+        d_sae = W_enc.shape[1]
+        grad_pre = grad_acts * (acts > 0)
+        order = argsort_distinct(cols * cols.numel() + torch.arange(cols.numel(), device=cols.device))  # latent-major
+        crow = torch.zeros(d_sae + 1, dtype=torch.int64, device=cols.device)
+        crow[1:] = torch.bincount(cols, minlength=d_sae).cumsum(0)
+        dW_enc = (_csr(crow, tok_rows[order], grad_pre[order], (d_sae, x_in.shape[0])) @ x_in).t()
+        db_enc = torch.zeros(d_sae, dtype=grad_pre.dtype, device=grad_pre.device).index_add_(0, cols, grad_pre)
+        db_dec = -(W_enc @ db_enc) if ctx.with_b_dec else None
+        return None, None, dW_enc, db_enc, db_dec, None, None
+
+
+def sparse_acts(sae: "SAE", x_in: Tensor, top: Tensor, tok_rows: Tensor, cols: Tensor) -> Tensor:
+    """relu(``top``) [m] (= pre[tok_rows, cols], computed without a graph) with gradients into the encoder at the chosen
+    latents only; decode them with ``embedding_bag(cols, W_dec, ..., per_sample_weights=acts)``."""
+    W_enc, b_enc, b_dec = _enc_tensors(sae)
+    return _SparseActs.apply(top, x_in, W_enc, b_enc, b_dec, tok_rows, cols)  # type: ignore[no-any-return]
+
+
 class _ColumnPre(torch.autograd.Function):
     """sub [n, c] = pre[:, cols] (distinct cols), with a backward restricted to those encoder columns."""
 

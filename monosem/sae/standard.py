@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
+from torch.nn.functional import embedding_bag
 
 from monosem.sae.base import SAE, LossParts, TrainState
+from monosem.sae.sparse import sparse_acts
+
+SPARSE_BELOW = 0.05  # share of positive pre-activations below which the L1 step runs sparse
 
 
 class StandardSAE(SAE):
@@ -30,12 +35,41 @@ class StandardSAE(SAE):
         return pre.relu()
 
     def training_loss(self, x: Tensor, state: TrainState) -> LossParts:
+        """Reconstruction + L1. While at most ``SPARSE_BELOW`` of the pre-activations are positive (a trained L1 SAE
+        fires on a few percent of its latents), only the active latents carry the graph (``monosem.sae.sparse``): the
+        same loss and gradients as dense autograd, without the dense [n, d_in] x [d_in, d_sae] matmuls of the backward
+        pass and the decode."""
         cfg = state.cfg
-        f = self.activate(self.train_pre_acts(x))
+        pre = self.train_pre_acts(x)
+        if (pre > 0).sum() <= SPARSE_BELOW * pre.numel():  # the graph of the dense pre-activations is dropped unused
+            return self._sparse_loss(x, x - self.b_dec if self.apply_b_dec_to_input else x, pre.detach(), state)
+        f = self.activate(pre)
         x_hat = self.decode(f)
         fired = (f > 0).any(0)
         err = (x_hat - x).pow(2)
         rec = err.mean() if cfg["mse"] == "mean" else err.sum(-1).mean()
         sparsity = (f * self.W_dec.norm(dim=1)).sum(-1).mean() if cfg["l1_decoder_norm"] else f.abs().mean()
-        l1_coef = cfg["l1"] * min(1.0, (state.step + 1) / max(1, int(cfg["l1_warmup"] * state.steps)))
-        return LossParts(rec + l1_coef * sparsity, rec, sparsity, fired)
+        return LossParts(rec + self._l1_coef(state) * sparsity, rec, sparsity, fired)
+
+    @staticmethod
+    def _l1_coef(state: TrainState) -> float:
+        cfg = state.cfg
+        return cfg["l1"] * min(1.0, (state.step + 1) / max(1, int(cfg["l1_warmup"] * state.steps)))
+
+    def _sparse_loss(self, x: Tensor, x_in: Tensor, pre: Tensor, state: TrainState) -> LossParts:
+        cfg = state.cfg
+        n = x.shape[0]
+        rows, cols = (pre > 0).nonzero(as_tuple=True)  # row-major
+        acts = sparse_acts(self, x_in, pre[rows, cols], rows, cols)
+        offsets = torch.zeros(n, dtype=torch.int64, device=x.device)
+        offsets[1:] = torch.bincount(rows, minlength=n).cumsum(0)[:-1]
+        x_hat = embedding_bag(cols, self.W_dec, offsets, per_sample_weights=acts, mode="sum") + self.b_dec
+        err = (x_hat - x).pow(2)
+        rec = err.mean() if cfg["mse"] == "mean" else err.sum(-1).mean()
+        weights = self.W_dec.norm(dim=1)[cols] if cfg["l1_decoder_norm"] else None
+        if weights is not None:
+            sparsity = (acts * weights).sum() / n
+        else:
+            sparsity = acts.sum() / pre.numel()  # mean |f| over all n x d_sae entries (the inactive ones are 0)
+        fired = torch.zeros(self.d_sae, device=x.device).index_fill_(0, cols, 1.0) > 0
+        return LossParts(rec + self._l1_coef(state) * sparsity, rec, sparsity, fired)

@@ -170,3 +170,38 @@ def test_batch_topk_matches_saelens():
     got = torch.zeros_like(pre)
     got[rows, cols] = values
     assert torch.equal(got, sae_lens.BatchTopK(4)(pre))
+
+
+@pytest.mark.parametrize("apply_b_dec", [False, True])
+@pytest.mark.parametrize("decoder_norm", [False, True])
+@pytest.mark.parametrize("mse", ["mean", "sum"])
+def test_sparse_l1_step_equals_dense_autograd(apply_b_dec, decoder_norm, mse):
+    """The standard SAE's L1 loss: while few pre-activations are positive the step runs sparse (monosem.sae.standard);
+    loss and every gradient equal the dense formula, and at high density the dense path runs."""
+    from monosem.sae import standard
+    from monosem.sae.standard import StandardSAE
+
+    sae = randomise(StandardSAE(D_IN, D_SAE, apply_b_dec, seed=0))
+    with torch.no_grad():
+        sae.b_enc.sub_(15.0)  # few positive pre-activations, as in a trained L1 SAE
+    x = data()
+    state = TrainState(3, 10, {"mse": mse, "l1_decoder_norm": decoder_norm, "l1": 0.7, "l1_warmup": 0.5}, torch.zeros(D_SAE))
+
+    def dense_loss() -> torch.Tensor:
+        f = sae.activate(sae.pre_acts(x))
+        err = (f @ sae.W_dec + sae.b_dec - x).pow(2)
+        rec = err.mean() if mse == "mean" else err.sum(-1).mean()
+        l1 = (f * sae.W_dec.norm(dim=1)).sum(-1).mean() if decoder_norm else f.abs().mean()
+        return rec + 0.7 * (4 / 5) * l1
+
+    density = float((sae.pre_acts(x) > 0).float().mean())
+    assert 0 < density <= standard.SPARSE_BELOW, density
+    parts = sae.training_loss(x, state)
+    sparse = grads(sae, parts.loss)
+    want = dense_loss()
+    dense = grads(sae, want)
+    torch.testing.assert_close(parts.loss, want, rtol=1e-5, atol=1e-5)
+    for name in PARAMS:
+        assert dense[name].abs().max() > 0, f"{name}: the test needs a nonzero gradient"
+        torch.testing.assert_close(sparse[name], dense[name], rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"l1 d{name}: {m}")
+    assert torch.equal(parts.fired, (sae.pre_acts(x) > 0).any(0))
