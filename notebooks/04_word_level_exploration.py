@@ -87,7 +87,7 @@ display(ref.groupby("layer")["top word"].agg(lambda s: s.value_counts().head(3).
 for L in layers:
     rho_var = spearmanr(feats[L].var(0), feats[L].mean(0)).statistic
     norms = h.word_means(run.concepts.word(L, cfg.pooling).norm(dim=1, keepdim=True).numpy(), run.df)[0]
-    picked = wms[L][h.reference_pick(feats[L], cfg.top_k)].sum(1)
+    picked = wms[L][h.reference_pick(feats[L], cfg.top_k)].sum(axis=1)
     print(f"layer {L}: Spearman(variance, mean activation) over features = {rho_var:.2f}; "
           f"Spearman(picked features' activation, residual norm) over words = {spearmanr(picked, norms.loc[picked.index]).statistic:.2f}")
 ref.style.format(precision=3).set_caption(f"{run.spec.used}: the reference study's pick (highest variance) per layer")
