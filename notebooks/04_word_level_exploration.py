@@ -163,17 +163,18 @@ print(f"figures (with MONOSEM_SAVE_FIGURES=1): {run.paths.figures}")
 # %% [markdown]
 # ## What we found
 # Computed from the tables above: how often the reference study's pick lands on the same word, and how many of the
-# top features are selective, read one category in their top 5 words, or are bound to one surface form.
+# top features are selective or read one category in their top 5 words, and how many units of the layer are bound to
+# one surface form.
 
 # %%
 for L in layers:
     words = ref.loc[ref.layer == L, "top word"]
     t = tables[L].loc[top[L]]
     one_category = sum(len({concept_of[w] for w in h.top_words(wms[L], f, 5).index}) == 1 for f in top[L])
-    form_bound = int(t["form_bound"].sum()) if "form_bound" in t else 0
+    form_bound = int(tables[L]["form_bound"].sum()) if "form_bound" in tables[L] else 0
     print(f"layer {L}: the reference pick's most frequent top word is '{words.value_counts().index[0]}' ({words.value_counts().iloc[0]} of {len(words)}); "
           f"of the {len(top[L])} top {preset} features, {int(t['selective'].sum())} are selective, {one_category} have all 5 top words in one "
-          f"category, and {form_bound} respond to one surface form of their concept's words only (not selective).")
+          f"category; in the whole layer, {form_bound} units respond to one surface form of their concept's words only (not selective).")
 
 # %% [markdown]
 # This notebook writes the feature files under `data/results/<model>/features/` (and, with `MONOSEM_SAVE_FIGURES=1`, the figures); `data/results/<model>/` holds notebook 03's summary and CSVs.
