@@ -121,7 +121,8 @@ def dashboard_data(model_name: str, layer: int, feature: int, token_values: np.n
             "density": float(len(active) / max(1, len(token_values))), "n_tokens": int(len(token_values)),
             "histogram": {"bin_edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
             "top_contexts": contexts, "quantile_contexts": quantiles, "category_means": category_means,
-            "stats": {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) else v) for k, v in (stats or {}).items()}}
+            "stats": {k: (bool(v) if isinstance(v, (bool, np.bool_)) else float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
+                      for k, v in (stats or {}).items()}}
 
 
 DENSE = 0.1  # a feature active on more than this share of tokens is flagged as dense

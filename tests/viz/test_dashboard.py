@@ -104,3 +104,13 @@ def test_a_causal_lm_dashboard_shows_the_decoder_rows_top_and_bottom_logits(gpt2
     assert "promoted" in page and "suppressed" in page
     assert "logits" not in build_dashboards("tiny", {1: [0]}, {1: sae}, {1: [("concept sentences", cache, df.sentence.tolist())]}, tok, df,
                                             {1: ex_acts}, {1: table})[1][0]  # no model: no logits
+
+
+def test_boolean_statistics_stay_booleans():
+    import pandas as pd
+
+    from monosem.viz.dashboard import dashboard_data
+
+    df = pd.DataFrame({"concept": ["numbers", "colors"], "word": ["7", "red"], "is_concept": [True, True]})
+    d = dashboard_data("m", 0, 1, np.zeros(0), [], None, df, np.array([1.0, 0.0]), {"selective": np.bool_(True), "replication": np.float32(0.5)})
+    assert d["stats"] == {"selective": True, "replication": 0.5} and isinstance(d["stats"]["selective"], bool)
