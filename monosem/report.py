@@ -6,6 +6,7 @@ names the criterion, the data and the training budget it holds for.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -33,8 +34,8 @@ def _form_bound_detail(row: dict) -> str:
     """'actions 3, numbers 1; mean activation on one form below 0.1x the other (numbers: written in digits or not, ...)'."""
     bound = row.get("n_form_bound_by_concept", {})
     parts = ", ".join(f"{c} {n}" for c, n in bound.items()) or "none"
-    forms = ", ".join(f"{c}: {name} or not" for c, (name, _) in SURFACE_FORMS.items())
-    return f"{parts}; mean activation on one form below {FORM_BOUND:g}x the other ({forms})"
+    forms = ", ".join(f"{c}: {name} or not" for c, (name, _) in SURFACE_FORMS.items() if bound.get(c))
+    return f"{parts}; mean activation on one form below {FORM_BOUND:g}x the other" + (f" ({forms})" if forms else "")
 
 
 def findings(summary: Summary) -> list[str]:
@@ -46,7 +47,8 @@ def findings(summary: Summary) -> list[str]:
            f"{crit.get('min_replication', 0):.0%} of {crit.get('n_splits', '?')} word splits ({crit.get('test', 'one-sided Mann-Whitney')}, "
            f"alpha {crit.get('alpha', s.alpha):g}), neutral frames only"
            + (f", and not bound to one surface form (balance >= {crit['form_bound']:g})" if "form_bound" in crit else "")
-           + f". Reference criterion: score_reference > {s.threshold:g}."]
+           + f" (the splits do not keep words that share a lemma, such as seven/7 or runs/running, on one side, which inflates "
+             f"replication). Reference criterion: score_reference > {s.threshold:g}."]
     for layer, row in s.per_layer.items():
         by_concept = ", ".join(f"{c} {n}" for c, n in row.get("n_selective_by_concept", {}).items()) or "none"
         budget = f"{row['train_tokens']:,} training tokens" if "train_tokens" in row else "its training budget"
@@ -60,23 +62,24 @@ def findings(summary: Summary) -> list[str]:
     for layer in fractions:
         real = {b: v for b, v in fractions[layer].items() if not b.startswith(CONTROL_PREFIX)}
         if real:
-            ranked = ", ".join(f"{b} {_fmt_fraction(v)}" for b, v in sorted(real.items(), key=lambda kv: -kv[1]))
-            out.append(f"Layer {layer}, share of selective units among active units (final label; one run, no uncertainty attached): {ranked}.")
+            shares = ", ".join(_share(b, s.scorecard[b][layer]) for b in real)
+            out.append(f"Layer {layer}, selective units among active units (final label; ± one binomial standard error over units, which "
+                       f"ignores that units share words, so shares a few points apart are not told apart): {shares}.")
         real_probe = {b: v for b, v in probes.get(layer, {}).items() if not b.startswith(CONTROL_PREFIX)}
         if real_probe:
-            lo, hi = min(real_probe.values()), max(real_probe.values())
-            close = " differences this small changed sign with the split seed in a review, so this ranks no basis above another;" if hi - lo < 0.05 else ""
-            out.append(f"Layer {layer}: 5-sparse probes on held-out words reach AUROC {lo:.3f}-{hi:.3f} over the real model's bases "
-                       f"(averaged over concepts and 5 word splits of one seed;{close} table below).")
+            out.append(f"Layer {layer}: 5-sparse probes on held-out words (averaged over concepts and 5 word splits of one seed) reach AUROC "
+                       + "; ".join(_probe_range(name, vals) for name, vals in (
+                           ("trained SAEs, residual and MLP", [v for b, v in real_probe.items() if not b.startswith("untrained")]),
+                           ("untrained SAEs", [v for b, v in real_probe.items() if b.startswith("untrained")])) if vals) + ".")
         control = {b: v for b, v in fractions[layer].items() if b.startswith(CONTROL_PREFIX)}
         if control:
             pairs = "; ".join(f"{b.split(': ', 1)[1]} {_fmt_fraction(v)} (real model {_fmt_fraction(real.get(b.split(': ', 1)[1], float('nan')))})"
                               for b, v in control.items())
             out.append(f"Layer {layer}: the random-weight control (same architecture, random weights, its SAE on a reduced budget) has selective "
                        f"units among active units: {pairs}.")
-    untrained = _trained_vs_untrained(fractions)
-    if untrained:
-        out.append(untrained)
+    for sentence in (_trained_vs_untrained(fractions), _untrained_beats_all(fractions)):
+        if sentence:
+            out.append(sentence)
     ref = s.reference_study
     if ref:
         lost = ", ".join(f"{k} ({v!r})" for k, v in ref.get("lost", {}).items())
@@ -84,6 +87,31 @@ def findings(summary: Summary) -> list[str]:
         out.append(f"The reference study as it ran (12 sentences, d/2 SAE, 10 Adam steps) finds 'monosemantic' features ({counts}); "
                    f"its keyword heatmap loses the rows {lost} to text.split() punctuation, leaving {len(ref.get('found', {}))} rows.")
     return out
+
+
+def _share(basis: str, row: dict) -> str:
+    """'SAE (topk) 23/192 = 12.0% ± 2.3' (the binomial standard error over the basis's active units)."""
+    k, n, p = row.get("n_selective"), row.get("n_active"), row["fraction_selective_active"]
+    if not isinstance(k, int) or not isinstance(n, int) or n <= 0:
+        return f"{basis} {_fmt_fraction(p)}"
+    return f"{basis} {k}/{n} = {_fmt_fraction(p)} ± {100 * math.sqrt(p * (1 - p) / n):.1f}"
+
+
+def _probe_range(name: str, values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    close = " (a spread this small changed order with the split seed in a review: no basis ranks above another)" if hi - lo < 0.05 and len(values) > 1 else ""
+    return f"{lo:.3f}-{hi:.3f} for the {name}{close}"
+
+
+def _untrained_beats_all(fractions: dict[str, dict[str, float]]) -> str:
+    """A sentence for each untrained SAE whose share beats every trained sparse SAE (not the dense reference) at every layer."""
+    out = []
+    for u in sorted({b for by in fractions.values() for b in by if b.startswith("untrained SAE (")}):
+        trained = lambda by: [v for b, v in by.items() if b.startswith("SAE (") and b != "SAE (reference)"]  # noqa: E731
+        if all(u in by and trained(by) and by[u] > max(trained(by)) for by in fractions.values()):
+            out.append(f"At every layer the {u} has a higher share of selective units than every trained sparse SAE "
+                       f"(by this label, training the sparse SAEs does not add concept-selective units over that random dictionary).")
+    return " ".join(out)
 
 
 def _trained_vs_untrained(fractions: dict[str, dict[str, float]]) -> str:

@@ -27,18 +27,21 @@ def test_findings_state_the_counts_of_the_summary():
     text = "\n".join(findings(summary(False)))
     assert "3 selective (numbers 2, actions 1)" in text and "40 above the reference threshold" in text
     assert "2 more pass every other test but respond to one surface form" in text and "actions 2" in text
-    assert "SAE (topk) 6.0%" in text and "MLP neurons 10.0%" in text  # the ranked shares, per layer
+    assert "SAE (topk) 3/50 = 6.0% ± 3.4" in text and "MLP neurons 5/50 = 10.0% ± 4.2" in text  # counts, share and standard error
+    assert "seven/7" in text  # the lemma caveat of the splits
     assert "random-weight model" not in text.split("share of selective units")[1].split(".")[0]  # the control is reported apart
     assert "SAE (topk) 0.0% (real model 6.0%)" in text
-    assert "AUROC 0.940-0.962" in text and "ranks no basis above another" in text  # a range, never a single winner
+    assert "0.951-0.962 for the trained SAEs, residual and MLP (a spread this small" in text and "0.940-0.940 for the untrained SAEs" in text
     assert "highest for" not in text and "the best 5-sparse probe" not in text
 
 
 def test_trained_vs_untrained_sentence_follows_the_numbers():
     wins = "\n".join(findings(summary(True)))
     assert "in 2 of 2 (preset, layer) pairs" in wins and "training does not reliably produce" in wins
+    assert "At every layer the untrained SAE (topk) has a higher share of selective units than every trained sparse SAE" in wins
     loses = "\n".join(findings(summary(False)))
     assert "in 0 of 2 (preset, layer) pairs (none" in loses and "training does not reliably produce" not in loses
+    assert "At every layer the untrained" not in loses
 
 
 def test_readme_block_has_the_scorecard_tables():
