@@ -49,9 +49,11 @@ def time_make_run(model: str, data: Path | None = None) -> dict:
             shutil.rmtree(folder / sub, ignore_errors=True)
         env = {**os.environ, "MONOSEM_DATA_DIR": str(folder)}
         t0 = time.perf_counter()
-        proc = subprocess.run(["make", "run", f"MODEL={model}"], cwd=ROOT, env=env, capture_output=True, text=True)
+        timer = ["/usr/bin/time", "-f", "peak-rss-kb %M"] if Path("/usr/bin/time").exists() else []  # make run's own peak, not the caller's other children
+        proc = subprocess.run([*timer, "make", "run", f"MODEL={model}"], cwd=ROOT, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    peak = re.findall(r"peak-rss-kb (\d+)", proc.stderr)
+    peak_mb = int(peak[-1]) / 1024 if peak else resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     if proc.returncode:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
     return {"seconds": round(seconds, 1), "peak_rss_mb": round(peak_mb), "ok": proc.returncode == 0,

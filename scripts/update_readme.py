@@ -39,9 +39,9 @@ RUN_TIMES = README.parent / "bench" / "make_run_times.json"
 
 
 def run_times_markdown(path: Path = RUN_TIMES) -> str:
-    """The newest record per model of ``bench/make_run_times.json`` (written by ``bench/make_run_times.py``) as a table."""
+    """Every record of ``bench/make_run_times.json`` (written by ``bench/make_run_times.py``) as a table, oldest first."""
     records = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
-    newest = {r["model"]: r for r in records}  # later records replace earlier ones
+    newest = dict(enumerate(records))
     rows = ["| model | machine | date | `make run` wall time | peak RSS | passed | load average before / after | note |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in newest.values():
