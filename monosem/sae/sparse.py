@@ -58,6 +58,24 @@ def _enc_tensors(sae: "SAE") -> tuple[Tensor, Tensor, Tensor | None]:
     return sae.W_enc, sae.b_enc, sae.b_dec if sae.apply_b_dec_to_input else None
 
 
+def _latent_major(cols: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
+    """The order that sorts the entries by latent (stable: unique keys) and the CSR row pointers of that order [d_sae + 1]."""
+    order = argsort_distinct(cols * cols.numel() + torch.arange(cols.numel(), device=cols.device))
+    crow = torch.zeros(d_sae + 1, dtype=torch.int64, device=cols.device)
+    crow[1:] = torch.bincount(cols, minlength=d_sae).cumsum(0)
+    return order, crow
+
+
+def _encoder_grads(x_in: Tensor, W_enc: Tensor, tok_rows: Tensor, cols: Tensor, grad_pre: Tensor, order: Tensor, crow: Tensor,
+                   with_b_dec: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """dW_enc [d_in, d_sae], db_enc and db_dec (when the SAE applies b_dec to its input) from the gradient of the chosen
+    entries' pre-activations: a sparse [d_sae, n] matrix times the encoder input."""
+    d_sae = W_enc.shape[1]
+    dW_enc = (_csr(crow, tok_rows[order], grad_pre[order], (d_sae, x_in.shape[0])) @ x_in).t()
+    db_enc = torch.zeros(d_sae, dtype=grad_pre.dtype, device=grad_pre.device).index_add_(0, cols, grad_pre)
+    return dW_enc, db_enc, -(W_enc @ db_enc) if with_b_dec else None
+
+
 class _SparseCode(torch.autograd.Function):
     """The decoded output [n_out, d_in] = sum over the entries e of each output row of relu(top[e]) * W_dec[cols[e]],
     with the sparse backward described in the module docstring (one latent-major ordering serves W_dec and W_enc)."""
@@ -80,13 +98,9 @@ class _SparseCode(torch.autograd.Function):
         pattern = _csr(offsets, cols, torch.zeros_like(acts), (n_out, d_sae))
         grad_acts = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.t(), beta=0.0).values()  # grad_out[row] . W_dec[col], per entry
         grad_pre = grad_acts * (acts > 0)
-        order = argsort_distinct(cols * cols.numel() + torch.arange(cols.numel(), device=cols.device))  # latent-major; unique keys
-        crow = torch.zeros(d_sae + 1, dtype=torch.int64, device=cols.device)
-        crow[1:] = torch.bincount(cols, minlength=d_sae).cumsum(0)
+        order, crow = _latent_major(cols, d_sae)
         dW_dec = _csr(crow, out_rows[order], acts[order], (d_sae, n_out)) @ grad_out  # [d_sae, d_in]; zero rows for unused latents
-        dW_enc = (_csr(crow, tok_rows[order], grad_pre[order], (d_sae, x_in.shape[0])) @ x_in).t()  # [d_in, d_sae]
-        db_enc = torch.zeros(d_sae, dtype=grad_pre.dtype, device=grad_pre.device).index_add_(0, cols, grad_pre)
-        db_dec = -(W_enc @ db_enc) if ctx.with_b_dec else None
+        dW_enc, db_enc, db_dec = _encoder_grads(x_in, W_enc, tok_rows, cols, grad_pre, order, crow, ctx.with_b_dec)
         return None, None, dW_enc, db_enc, db_dec, dW_dec, None, None, None, None
 
 
@@ -104,14 +118,8 @@ class _SparseActs(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_acts: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x_in, W_enc, acts, tok_rows, cols = ctx.saved_tensors
-        d_sae = W_enc.shape[1]
-        grad_pre = grad_acts * (acts > 0)
-        order = argsort_distinct(cols * cols.numel() + torch.arange(cols.numel(), device=cols.device))  # latent-major
-        crow = torch.zeros(d_sae + 1, dtype=torch.int64, device=cols.device)
-        crow[1:] = torch.bincount(cols, minlength=d_sae).cumsum(0)
-        dW_enc = (_csr(crow, tok_rows[order], grad_pre[order], (d_sae, x_in.shape[0])) @ x_in).t()
-        db_enc = torch.zeros(d_sae, dtype=grad_pre.dtype, device=grad_pre.device).index_add_(0, cols, grad_pre)
-        db_dec = -(W_enc @ db_enc) if ctx.with_b_dec else None
+        order, crow = _latent_major(cols, W_enc.shape[1])
+        dW_enc, db_enc, db_dec = _encoder_grads(x_in, W_enc, tok_rows, cols, grad_acts * (acts > 0), order, crow, ctx.with_b_dec)
         return None, None, dW_enc, db_enc, db_dec, None, None
 
 

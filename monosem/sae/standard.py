@@ -44,12 +44,15 @@ class StandardSAE(SAE):
         if (pre > 0).sum() <= SPARSE_BELOW * pre.numel():  # the graph of the dense pre-activations is dropped unused
             return self._sparse_loss(x, x - self.b_dec if self.apply_b_dec_to_input else x, pre.detach(), state)
         f = self.activate(pre)
-        x_hat = self.decode(f)
         fired = (f > 0).any(0)
-        err = (x_hat - x).pow(2)
-        rec = err.mean() if cfg["mse"] == "mean" else err.sum(-1).mean()
+        rec = self._reconstruction(self.decode(f), x, cfg)
         sparsity = (f * self.W_dec.norm(dim=1)).sum(-1).mean() if cfg["l1_decoder_norm"] else f.abs().mean()
         return LossParts(rec + self._l1_coef(state) * sparsity, rec, sparsity, fired)
+
+    @staticmethod
+    def _reconstruction(x_hat: Tensor, x: Tensor, cfg: dict) -> Tensor:
+        err = (x_hat - x).pow(2)
+        return err.mean() if cfg["mse"] == "mean" else err.sum(-1).mean()
 
     @staticmethod
     def _l1_coef(state: TrainState) -> float:
@@ -63,9 +66,7 @@ class StandardSAE(SAE):
         acts = sparse_acts(self, x_in, pre[rows, cols], rows, cols)
         offsets = torch.zeros(n, dtype=torch.int64, device=x.device)
         offsets[1:] = torch.bincount(rows, minlength=n).cumsum(0)[:-1]
-        x_hat = embedding_bag(cols, self.W_dec, offsets, per_sample_weights=acts, mode="sum") + self.b_dec
-        err = (x_hat - x).pow(2)
-        rec = err.mean() if cfg["mse"] == "mean" else err.sum(-1).mean()
+        rec = self._reconstruction(embedding_bag(cols, self.W_dec, offsets, per_sample_weights=acts, mode="sum") + self.b_dec, x, cfg)
         weights = self.W_dec.norm(dim=1)[cols] if cfg["l1_decoder_norm"] else None
         if weights is not None:
             sparsity = (acts * weights).sum() / n
