@@ -31,6 +31,7 @@ from monosem.dataset import CATEGORIES
 from monosem.fidelity import lm_logits
 from monosem.model import check_layers, get_blocks, is_causal_lm
 from monosem.sae.base import SAE
+from monosem.stats import group_sums
 
 KL_CHUNK = 256  # positions per float64 log-softmax over the vocabulary (bounds memory: 256 x 50257 x 8 bytes)
 
@@ -169,8 +170,7 @@ def causal_effects(change: np.ndarray, df_rows: pd.DataFrame, top_category: Sequ
     word_category[inverse] = codes
     if (word_category[inverse] != codes).any():
         raise MonosemError("a word appears under several categories in df_rows; a word must belong to one category")
-    sums = np.zeros((len(words), change.shape[1]))
-    np.add.at(sums, inverse, change)
+    sums = group_sums(np.asarray(change), inverse, len(words))
     word_means = sums / np.bincount(inverse)[:, None]  # [n_words, n_features]
     top = _top_indices(top_category, categories)
     n_top = np.bincount(word_category, minlength=len(categories))[np.maximum(top, 0)]

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from monosem.config import RunConfig
 from monosem.dataset import CATEGORIES, CONCEPTS, FORM_BOUND, SURFACE_FORMS, UNSPECIFIED
-from monosem.stats import WordData, word_data
+from monosem.stats import WordData, group_sums, word_data
 
 
 @dataclass(frozen=True)
@@ -99,12 +99,19 @@ def mann_whitney_greater(values: np.ndarray, positive: np.ndarray, ranked: tuple
     tie-corrected normal approximation with continuity correction (as ``scipy.stats.mannwhitneyu(...,
     alternative="greater", method="asymptotic")``); p = 1 where every value ties.
     """
-    n = values.shape[0]
     ranks, tie_sizes = ranked if ranked is not None else ranks_and_ties(values)
-    n1 = positive.sum(0).astype(np.float64)
+    auroc, p = _mann_whitney_from_ranks(ranks.T, tie_sizes.T, np.broadcast_to(positive, values.shape).T, np.full(values.shape[1], float(values.shape[0])))
+    return auroc, p
+
+
+def _mann_whitney_from_ranks(ranks: np.ndarray, tie_sizes: np.ndarray, positive: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(AUROC, one-sided p) per unit from ranks, tie-group sizes and the positive class [n_units, n_values] (a unit's
+    absent values: rank 0, tie size 1, not positive) and the number of values ``n`` [n_units] of each unit."""
+    n = n.astype(np.float64)
+    n1 = positive.sum(1).astype(np.float64)
     n2 = n - n1
-    u = (ranks * positive).sum(0) - n1 * (n1 + 1) / 2
-    ties = (tie_sizes**2 - 1).sum(0)  # = sum over tie groups of t^3 - t
+    u = (ranks * positive).sum(1) - n1 * (n1 + 1) / 2
+    ties = (tie_sizes**2 - 1).sum(1)  # = sum over tie groups of t^3 - t
     with np.errstate(divide="ignore", invalid="ignore"):  # n < 2 words: no test (var is NaN, p = 1)
         var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))
         auroc = np.where((n1 > 0) & (n2 > 0), u / (n1 * n2), np.nan)
@@ -119,21 +126,45 @@ def ranks_and_ties(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``scipy.stats.rankdata(values, axis=0)`` and ``rankdata(.., 'max') - rankdata(.., 'min') + 1``.
     """
     rows = np.ascontiguousarray(values.T)  # [units, n]
-    n = rows.shape[1]
     order = np.argsort(rows, axis=1, kind="stable")
-    ordered = np.take_along_axis(rows, order, 1)
-    position = np.broadcast_to(np.arange(n), rows.shape)
-    new_group = np.ones(rows.shape, dtype=bool)
-    new_group[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    start = np.maximum.accumulate(np.where(new_group, position, 0), axis=1)
-    last = np.ones(rows.shape, dtype=bool)
-    last[:, :-1] = new_group[:, 1:]
-    end = np.minimum.accumulate(np.where(last, position, n - 1)[:, ::-1], axis=1)[:, ::-1]
+    sorted_ranks, sorted_sizes = _sorted_ranks(np.take_along_axis(rows, order, 1))
     ranks, sizes = np.empty(rows.shape), np.empty(rows.shape)
     rows_index = np.arange(rows.shape[0])[:, None]
-    ranks[rows_index, order] = (start + end) / 2 + 1
-    sizes[rows_index, order] = end - start + 1
+    ranks[rows_index, order] = sorted_ranks
+    sizes[rows_index, order] = sorted_sizes
     return ranks.T, sizes.T
+
+
+def _sorted_ranks(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average ranks (1-based) and tie-group sizes of each row of ``ordered`` [units, n], whose rows are sorted ascending."""
+    n = ordered.shape[1]
+    position = np.broadcast_to(np.arange(n), ordered.shape)
+    new_group = np.ones(ordered.shape, dtype=bool)
+    new_group[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    start = np.maximum.accumulate(np.where(new_group, position, 0), axis=1)
+    last = np.ones(ordered.shape, dtype=bool)
+    last[:, :-1] = new_group[:, 1:]
+    end = np.minimum.accumulate(np.where(last, position, n - 1)[:, ::-1], axis=1)[:, ::-1]
+    return (start + end) / 2 + 1, (end - start + 1).astype(np.float64)
+
+
+class _SortedColumns:
+    """Each column of ``values`` [n, units] sorted once; the sorted rows of any subset of the n rows then come from a
+    boolean gather (a subset keeps the global order), not a new sort. Ties keep the row order, as a stable sort would."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        rows = np.ascontiguousarray(values.T)  # [units, n]
+        self.order = np.argsort(rows, axis=1, kind="stable")
+        self.ordered = np.take_along_axis(rows, self.order, 1)
+
+    def mann_whitney_greater(self, subset: np.ndarray, label: np.ndarray, positive_label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``mann_whitney_greater`` on the rows in ``subset`` [n] (boolean) with, per unit, positive = rows whose
+        ``label`` [n] equals ``positive_label`` [n_units]."""
+        keep = subset[self.order]
+        k, units = int(subset.sum()), self.order.shape[0]
+        index = self.order[keep].reshape(units, k)  # the subset's rows, ascending per unit
+        ranks, sizes = _sorted_ranks(self.ordered[keep].reshape(units, k))
+        return _mann_whitney_from_ranks(ranks, sizes, label[index] == positive_label[:, None], np.full(units, float(k)))
 
 
 def bh_qvalues(p: np.ndarray) -> np.ndarray:
@@ -172,20 +203,35 @@ class Replication:
     confirmed: np.ndarray  # [n_splits, n_units] discovery top confirmed on the held-out half
 
 
-def _versus_runner_up(values: np.ndarray, category: np.ndarray, top: np.ndarray, cat_means: np.ndarray) -> np.ndarray:
+def _versus_runner_up(values: np.ndarray, category: np.ndarray, top: np.ndarray, cat_means: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """One-sided Mann–Whitney p per unit [n_units] of the words of category ``top[u]`` against the words of the runner-up
     category (the highest other category mean in ``cat_means`` [n_categories, n_units]) only: a control that ties with
-    or sits just below the top category keeps it from being confirmed. p = 1 for silent units."""
+    or sits just below the top category keeps it from being confirmed. p = 1 for silent units.
+
+    Vectorised over units: each unit's two groups are gathered into one padded row and ranked by pairwise comparison
+    (the groups are small: a category's held-out words), the same statistic as ``mann_whitney_greater`` on the two groups."""
     masked = cat_means.copy()
     valid = top >= 0
     masked[top[valid], np.flatnonzero(valid)] = -np.inf
     runner_up = masked.argmax(0)
     p = np.ones(values.shape[1])
-    for t, r in {(int(a), int(b)) for a, b in zip(top[valid], runner_up[valid])}:
-        units = np.flatnonzero(valid & (top == t) & (runner_up == r))
-        rows = (category == t) | (category == r)
-        sub = values[rows][:, units]
-        _, p[units] = mann_whitney_greater(sub, np.broadcast_to((category[rows] == t)[:, None], sub.shape))
+    members = [np.flatnonzero(category == c) for c in range(cat_means.shape[0])]
+    width = max((len(m) for m in members), default=0)
+    index = np.full((len(members), width), -1)  # each category's rows, padded with -1
+    for c, m in enumerate(members):
+        index[c, : len(m)] = m
+    units_all = np.flatnonzero(valid)
+    for start in range(0, len(units_all), chunk):  # bounds the [units, 2w, 2w] comparisons
+        units = units_all[start : start + chunk]
+        rows = np.concatenate([index[top[units]], index[runner_up[units]]], 1)  # [u, 2w]
+        present = rows >= 0
+        x = values[np.where(present, rows, 0), units[:, None]]
+        positive = present.copy()
+        positive[:, width:] = False
+        less = ((x[:, None, :] < x[:, :, None]) & present[:, None, :]).sum(2)
+        tied = ((x[:, None, :] == x[:, :, None]) & present[:, None, :]).sum(2)  # includes the element itself
+        ranks = np.where(present, less + (tied + 1) / 2, 0.0)
+        _, p[units] = _mann_whitney_from_ranks(ranks, np.where(present, tied, 1.0), positive, present.sum(1))
     return p
 
 
@@ -200,12 +246,11 @@ def replicate(wd: WordData, n_categories: int, criterion: Criterion = Criterion(
     confirmed = np.zeros((criterion.n_splits, n_units), dtype=bool)
     replicated = np.zeros((criterion.n_splits, n_units), dtype=bool)
     aurocs = np.zeros((criterion.n_splits, n_units))
+    columns = _SortedColumns(means)
     for s, half in enumerate(halves):
         t = top_of(category_means(means, wd.category, n_cat, half))
         for rows, is_discovery in ((half, True), (~half, False)):
-            positive = wd.category[rows][:, None] == t[None, :]
-            ranked = ranks_and_ties(means[rows])
-            auroc, p = mann_whitney_greater(means[rows], positive, ranked)
+            auroc, p = columns.mann_whitney_greater(rows, wd.category, t)
             if is_discovery:
                 discovered[s] = (t >= 0) & (t < wd.n_concepts) & (p < criterion.alpha)
             else:
@@ -276,8 +321,7 @@ def surface_form_balance(acts: np.ndarray, df: pd.DataFrame, top_category: np.nd
         if not len(units) or not mask.any():
             continue
         words, inverse = np.unique(df["word"].to_numpy()[mask].astype(str), return_inverse=True)
-        sums = np.zeros((len(words), len(units)))
-        np.add.at(sums, inverse, acts[mask][:, units])
+        sums = group_sums(acts[mask][:, units], inverse, len(words))
         means = sums / np.bincount(inverse, minlength=len(words))[:, None]  # word-level means
         has_form = np.array([re.search(pattern, w) is not None for w in words])
         if has_form.all() or not has_form.any():

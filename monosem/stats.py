@@ -40,11 +40,25 @@ def word_data(acts: Tensor | np.ndarray, df: pd.DataFrame, categories: Sequence[
     """Sum the example-level activations [n_examples, n_units] per word (``categories`` start with the ``concepts``)."""
     acts = np.asarray(acts, dtype=np.float32)
     words, inverse = np.unique(df["word"].to_numpy(), return_inverse=True)
-    sums = np.zeros((len(words), acts.shape[1]), dtype=np.float64)
-    np.add.at(sums, inverse, acts)
+    sums = group_sums(acts, inverse, len(words))
     category = np.zeros(len(words), dtype=np.int64)
     category[inverse] = pd.Categorical(df["concept"], categories=list(categories)).codes
     return WordData(words, category, np.bincount(inverse).astype(np.float64), sums.astype(np.float32), len(concepts))
+
+
+def group_sums(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Float64 sums of the rows of ``values`` [n, units] per ``group`` [n] (ints in [0, n_groups)) -> [n_groups, units].
+
+    The rows are sorted by group (stably) and summed with one ``np.add.reduceat``: the same sums, in the same
+    row order, as ``np.add.at`` at a fraction of its time."""
+    out = np.zeros((n_groups, values.shape[1]), dtype=np.float64)
+    if not len(group):
+        return out
+    order = np.argsort(group, kind="stable")
+    ordered = group[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    out[ordered[starts]] = np.add.reduceat(values[order].astype(np.float64), starts, axis=0)
+    return out
 
 
 def _scores_from_weights(weights: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

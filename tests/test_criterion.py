@@ -13,6 +13,8 @@ from scipy.stats import mannwhitneyu, rankdata
 from monosem.config import RunConfig
 from monosem.criterion import (
     Criterion,
+    _SortedColumns,
+    _versus_runner_up,
     category_means,
     frame_rows,
     mann_whitney_greater,
@@ -95,6 +97,41 @@ def test_mann_whitney_on_a_constant_column_gives_p_one():
     auroc, p = mann_whitney_greater(values, positive)
     np.testing.assert_array_equal(p, [1.0, 1.0])
     np.testing.assert_array_equal(auroc, [0.5, 0.5])
+
+
+def test_runner_up_test_matches_scipy_on_each_units_two_categories():
+    """The vectorised test of a unit's top category against its runner-up (unequal category sizes, ties, zeros, silent
+    units, chunks smaller than the units) equals scipy's Mann-Whitney on the two categories' values."""
+    rng = np.random.default_rng(3)
+    category = np.repeat(np.arange(8), [9, 12, 7, 10, 11, 8, 13, 6])
+    values = np.maximum(np.round(rng.normal(size=(len(category), 90)), 1), 0)
+    values[:, :8] = rng.integers(0, 3, (len(category), 8))  # heavy ties
+    means = category_means(values, category, 8)
+    top = top_of(means)
+    top[5] = -1  # a silent unit
+    p = _versus_runner_up(values, category, top, means, chunk=7)
+    assert p[5] == 1.0
+    for u in np.flatnonzero(top >= 0):
+        others = means[:, u].copy()
+        others[top[u]] = -np.inf
+        x, y = values[category == top[u], u], values[category == others.argmax(), u]
+        expected = mannwhitneyu(x, y, alternative="greater", method="asymptotic").pvalue if np.ptp(np.r_[x, y]) > 0 else 1.0
+        assert p[u] == pytest.approx(expected, rel=1e-9, abs=1e-14), f"unit {u}"
+
+
+def test_sorted_columns_give_the_mann_whitney_of_any_subset():
+    """Sorting once and gathering a subset's rows gives the same test as ranking the subset anew (ties included)."""
+    rng = np.random.default_rng(4)
+    values = np.maximum(np.round(rng.normal(size=(70, 50)), 1), 0)
+    label = rng.integers(0, 8, 70)
+    columns = _SortedColumns(values)
+    for _ in range(3):
+        subset = rng.random(70) < 0.5
+        t = rng.integers(0, 8, 50)
+        auroc, p = columns.mann_whitney_greater(subset, label, t)
+        expected_auroc, expected_p = mann_whitney_greater(values[subset], label[subset][:, None] == t[None, :])
+        np.testing.assert_allclose(p, expected_p, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(auroc, expected_auroc, rtol=1e-12, equal_nan=True)
 
 
 def test_ranks_and_ties_match_scipy_rankdata():

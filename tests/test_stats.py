@@ -9,7 +9,7 @@ from hypothesis.extra.numpy import arrays
 from monosem.criterion import Criterion
 from monosem.scorecard import unit_table
 from monosem.selectivity import selectivity_scores, selectivity_table
-from monosem.stats import bootstrap_ci, word_data
+from monosem.stats import bootstrap_ci, group_sums, word_data
 from monosem.testing import synthetic_activations
 
 
@@ -24,6 +24,17 @@ def test_bootstrap_ci_contains_the_estimate_and_separates_selective_units():
     np.testing.assert_allclose(lo, np.clip(2 * t.score - p_hi, 0, 1), atol=1e-6)
     with pytest.raises(ValueError, match="basic"):
         bootstrap_ci(wd, n_boot=10, method="bca")
+
+
+def test_group_sums_equal_np_add_at_with_empty_and_unsorted_groups():
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(300, 17)).astype(np.float32)
+    group = rng.integers(0, 40, 300)
+    group[group == 7] = 8  # group 7 has no rows
+    expected = np.zeros((41, 17))
+    np.add.at(expected, group, values)
+    np.testing.assert_allclose(group_sums(values, group, 41), expected, rtol=1e-12, atol=1e-12)
+    assert group_sums(values[:0], group[:0], 3).shape == (3, 17)
 
 
 def test_unit_table_runs_vectorised_on_many_units():
