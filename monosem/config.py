@@ -189,6 +189,8 @@ class RunConfig:
                                            _optional_int(1), ">= 1 or unset")
     sae_batch: int | None = setting(None, "MONOSEM_SAE_BATCH", "tokens per optimiser step; unset = by device (1024 on the CPU, 4096 on a GPU)", int, _optional_int(1),
                                     ">= 1 or unset")
+    sae_workers: int | None = setting(None, "MONOSEM_SAE_WORKERS", "threads that step the SAEs in parallel, each with its share of the cores; unset = 2 on the CPU, 1 on a GPU",
+                                      int, _optional_int(1), ">= 1 or unset")
     sae_buffer_tokens: int = setting(32768, "MONOSEM_SAE_BUFFER", "tokens per layer in the shuffle buffer of the activation store (memory: tokens x d_model x 4 bytes x layers)",
                                      int, _int(1), ">= 1")
     sae_expansion: float = setting(4.0, "MONOSEM_SAE_EXPANSION", "d_sae / d_model of the l1, topk and matryoshka presets (8+ on a GPU is common)", float, _float(0, 1024, lo_open=True), "> 0")

@@ -103,7 +103,7 @@ assert cache.word(layers[0]).shape[0] == len(df), "one word-level vector per dat
 # %%
 corpus_spec = h.resolve_corpus(cfg.background, cfg.hf_hub_offline)
 h.show_corpus_banner(corpus_spec)
-plan = h.training_plan(cfg.sae_train_tokens, cfg.sae_batch, cfg.sae_buffer_tokens, model.config.hidden_size, device)
+plan = h.training_plan(cfg.sae_train_tokens, cfg.sae_batch, cfg.sae_buffer_tokens, model.config.hidden_size, device, cfg.sae_workers)
 corpus = h.load_or_build_corpus(cfg.data_path, corpus_spec, df["sentence"].tolist(), cfg.n_eval_texts, h.corpus_words_needed(corpus_spec, plan.train_tokens))
 train_texts = corpus.train_texts()
 token_counts = h.count_tokens(tokenizer, train_texts)

@@ -47,7 +47,7 @@ import helpers as h
 # %% tags=["parameters"]
 OVERRIDES: dict = {}  # e.g. {"sae_train_tokens": 2_000_000}; anything not set here comes from MONOSEM_* variables or the defaults
 cfg = h.RunConfig.from_env(**OVERRIDES)
-pd.DataFrame(cfg.settings("model", "layers", "sae_presets", "sae_train_tokens", "sae_batch", "sae_buffer_tokens", "sae_expansion", "sae_k", "seed",
+pd.DataFrame(cfg.settings("model", "layers", "sae_presets", "sae_train_tokens", "sae_batch", "sae_workers", "sae_buffer_tokens", "sae_expansion", "sae_k", "seed",
                           "device", "n_fidelity_texts"))
 
 # %% [markdown]
@@ -63,12 +63,12 @@ h.show_corpus_banner(run.corpus.spec)
 device = h.pick_device(cfg.device)
 print(f"seed = {h.set_seed(cfg.seed)}")
 model, tokenizer = h.load_model(run.spec, device)
-plan = h.training_plan(cfg.sae_train_tokens, cfg.sae_batch, cfg.sae_buffer_tokens, model.config.hidden_size, device)
+plan = h.training_plan(cfg.sae_train_tokens, cfg.sae_batch, cfg.sae_buffer_tokens, model.config.hidden_size, device, cfg.sae_workers)
 corpus = run.corpus_title
 title = f"{run.spec.used} · trained on {corpus}"  # every figure title names the model and the corpus
 print(f"plan ({plan.why}): {plan.tokens_per_sae:,} tokens per SAE = {plan.steps} steps x {plan.batch_size} tokens; "
       f"corpus: {corpus}, {run.corpus_tokens:,} training tokens ({plan.tokens_per_sae / run.corpus_tokens:.2f} passes); "
-      f"shuffle buffer: {plan.buffer_tokens:,} tokens per layer")
+      f"shuffle buffer: {plan.buffer_tokens:,} tokens per layer; {plan.workers} thread(s) step the SAEs")
 overrides = {p: h.preset_overrides(p, cfg.sae_expansion, cfg.sae_k) for p in cfg.sae_presets}
 jobs = [h.SAEJob(p, L, overrides[p]) for p in cfg.sae_presets for L in run.layers]
 pd.DataFrame([{"preset": p, **h.PRESETS[p], **overrides[p]} for p in cfg.sae_presets]).set_index("preset")

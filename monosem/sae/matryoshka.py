@@ -29,20 +29,33 @@ from monosem.sae.jumprelu import JumpReLUSAE
 from monosem.sae.sparse import argsort_distinct, auxk_loss, encoder_input, sparse_code
 
 TRAINING_KEYS = ("k", "matryoshka_widths", "topk_threshold_lr")  # what SAELens keeps in metadata.training_architecture_details
+FLOOR_OF_THRESHOLD = 0.75  # training: entries above 0.75 x the running threshold are BatchTopK's candidates (exact either way)
 
 
-def batch_topk(pre: Tensor, k: float) -> tuple[Tensor, Tensor, Tensor]:
+def batch_topk(pre: Tensor, k: float, floor: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """BatchTopK: the int(k·n) largest entries of ``pre`` [n, d_sae] over the whole batch, positive ones only, as
     (rows, cols, values) [m] in row-major order.
 
-    Exact, without a top-k over all n·d_sae entries: each row's 2k largest are candidates; a row whose
-    candidates all clear the batch threshold may hide more, so its candidates widen (x4) and the selection is redone
-    until no row is saturated (the threshold can only rise, so rows that were complete stay complete).
+    Exact, without a top-k over all n·d_sae entries. With a ``floor`` > 0 (a guess below the batch's m-th largest
+    entry, e.g. from the running threshold) the entries above it are the candidates, when there are at least m of
+    them (then the m-th largest lies above the floor and every entry left out lies below it). Otherwise each row's 2k
+    largest are candidates; a row whose candidates all clear the batch threshold may hide more, so its candidates
+    widen (x4) and the selection is redone until no row is saturated (the threshold can only rise, so rows that were
+    complete stay complete).
     """
     n, d_sae = pre.shape
     m = max(1, int(k * n))
     width = min(d_sae, 2 * math.ceil(k))
     with torch.no_grad():
+        if floor > 0:
+            flat = pre.flatten()
+            above = (flat > floor).nonzero().squeeze(1)
+            if above.numel() >= m:
+                top_v, j = flat[above].topk(m, sorted=False)
+                keys = above[j]
+                order = argsort_distinct(keys)
+                keys, top_v = keys[order], top_v[order]
+                return keys // d_sae, keys % d_sae, top_v
         cand_v, cand_i = pre.topk(width, dim=1, sorted=False)  # [n, width]
         values, rows, cols = cand_v.flatten(), torch.arange(n, device=pre.device).repeat_interleave(width), cand_i.flatten()
         row_min = cand_v.min(1).values
@@ -169,7 +182,7 @@ class MatryoshkaBatchTopKSAE(JumpReLUSAE):
         cfg = state.cfg
         n, levels = x.shape[0], len(self.widths)
         x_in, pre = encoder_input(self, x)
-        rows, cols, top = batch_topk(pre, self.k)
+        rows, cols, top = batch_topk(pre, self.k, FLOOR_OF_THRESHOLD * float(self.threshold[0]) if state.step else 0.0)
         level = torch.bucketize(cols, torch.tensor(self.widths[:-1], device=x.device), right=True)
         bag = rows * levels + level  # non-decreasing: entries are row-major and levels grow with the latent index
         parts = sparse_code(self, x_in, top, rows, cols, bag, n * levels).view(n, levels, self.d_in)  # each level's own part

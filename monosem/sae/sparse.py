@@ -84,8 +84,7 @@ class _SparseCode(torch.autograd.Function):
     def forward(ctx: Any, top: Tensor, x_in: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, W_dec: Tensor, tok_rows: Tensor,
                 out_rows: Tensor, cols: Tensor, n_out: int) -> Tensor:
         acts = top.relu()
-        offsets = torch.zeros(n_out + 1, dtype=torch.int64, device=cols.device)
-        offsets[1:] = torch.bincount(out_rows, minlength=n_out).cumsum(0)  # out_rows is sorted: entries come row by row
+        offsets = _row_offsets(out_rows, n_out)  # out_rows is sorted: entries come row by row
         ctx.save_for_backward(x_in, W_enc, W_dec, acts, tok_rows, out_rows, cols, offsets)
         ctx.with_b_dec = b_dec is not None
         return embedding_bag(cols, W_dec, offsets[:-1], per_sample_weights=acts, mode="sum")
@@ -93,15 +92,47 @@ class _SparseCode(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x_in, W_enc, W_dec, acts, tok_rows, out_rows, cols, offsets = ctx.saved_tensors
-        d_sae, n_out = W_dec.shape[0], grad_out.shape[0]
-        grad_out = grad_out.contiguous()
-        pattern = _csr(offsets, cols, torch.zeros_like(acts), (n_out, d_sae))
-        grad_acts = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.t(), beta=0.0).values()  # grad_out[row] . W_dec[col], per entry
-        grad_pre = grad_acts * (acts > 0)
-        order, crow = _latent_major(cols, d_sae)
-        dW_dec = _csr(crow, out_rows[order], acts[order], (d_sae, n_out)) @ grad_out  # [d_sae, d_in]; zero rows for unused latents
-        dW_enc, db_enc, db_dec = _encoder_grads(x_in, W_enc, tok_rows, cols, grad_pre, order, crow, ctx.with_b_dec)
+        order, crow = _latent_major(cols, W_dec.shape[0])
+        grad_acts, dW_dec = _decode_grads(grad_out, W_dec, acts, out_rows, cols, offsets, order, crow)
+        dW_enc, db_enc, db_dec = _encoder_grads(x_in, W_enc, tok_rows, cols, grad_acts * (acts > 0), order, crow, ctx.with_b_dec)
         return None, None, dW_enc, db_enc, db_dec, dW_dec, None, None, None, None
+
+
+def _row_offsets(out_rows: Tensor, n_out: int) -> Tensor:
+    """CSR row pointers [n_out + 1] of entries sorted by output row."""
+    offsets = torch.zeros(n_out + 1, dtype=torch.int64, device=out_rows.device)
+    offsets[1:] = torch.bincount(out_rows, minlength=n_out).cumsum(0)
+    return offsets
+
+
+def _decode_grads(grad_out: Tensor, W_dec: Tensor, acts: Tensor, out_rows: Tensor, cols: Tensor, offsets: Tensor, order: Tensor,
+                  crow: Tensor) -> tuple[Tensor, Tensor]:
+    """The decode's backward: the gradient of each entry's activation (grad_out[row] . W_dec[col], a sampled product)
+    and dW_dec [d_sae, d_in] (a sparse [d_sae, n_out] matrix in latent-major ``order`` times grad_out)."""
+    d_sae, n_out = W_dec.shape[0], grad_out.shape[0]
+    grad_out = grad_out.contiguous()
+    pattern = _csr(offsets, cols, torch.zeros_like(acts), (n_out, d_sae))
+    grad_acts = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.t(), beta=0.0).values()
+    dW_dec = _csr(crow, out_rows[order], acts[order], (d_sae, n_out)) @ grad_out  # zero rows for unused latents
+    return grad_acts, dW_dec
+
+
+class _SparseDecode(torch.autograd.Function):
+    """The decode [n_out, d_in] of given activations ``acts`` [m] of (row, latent) entries sorted by row, with the sparse
+    backward of ``_SparseCode``'s decode (for ReLU SAEs, whose activations carry their own graph: ``sparse_acts``)."""
+
+    @staticmethod
+    def forward(ctx: Any, acts: Tensor, W_dec: Tensor, out_rows: Tensor, cols: Tensor, n_out: int) -> Tensor:
+        offsets = _row_offsets(out_rows, n_out)
+        ctx.save_for_backward(W_dec, acts, out_rows, cols, offsets)
+        return embedding_bag(cols, W_dec, offsets[:-1], per_sample_weights=acts, mode="sum")
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        W_dec, acts, out_rows, cols, offsets = ctx.saved_tensors
+        order, crow = _latent_major(cols, W_dec.shape[0])
+        grad_acts, dW_dec = _decode_grads(grad_out, W_dec, acts, out_rows, cols, offsets, order, crow)
+        return grad_acts, dW_dec, None, None, None
 
 
 class _SparseActs(torch.autograd.Function):
@@ -161,6 +192,12 @@ def sparse_code(sae: "SAE", x_in: Tensor, top: Tensor, tok_rows: Tensor, cols: T
     out_rows = tok_rows if out_rows is None else out_rows
     n_out = x_in.shape[0] if n_out is None else n_out
     return _SparseCode.apply(top, x_in, W_enc, b_enc, b_dec, sae.W_dec, tok_rows, out_rows, cols, n_out)  # type: ignore[no-any-return]
+
+
+def sparse_decode(sae: "SAE", acts: Tensor, rows: Tensor, cols: Tensor, n_out: int) -> Tensor:
+    """The decode without b_dec [n_out, d_in] of activations ``acts`` [m] (with their own graph, e.g. ``sparse_acts``) of
+    the entries (``rows``, sorted, and ``cols``): reads and updates only their rows of W_dec."""
+    return _SparseDecode.apply(acts, sae.W_dec, rows, cols, n_out)  # type: ignore[no-any-return]
 
 
 def column_pre(sae: "SAE", x_in: Tensor, pre: Tensor, cols: Tensor) -> Tensor:

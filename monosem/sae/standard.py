@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.nn.functional import embedding_bag
 
 from monosem.sae.base import SAE, LossParts, TrainState
-from monosem.sae.sparse import sparse_acts
+from monosem.sae.sparse import sparse_acts, sparse_decode
 
 SPARSE_BELOW = 0.05  # share of positive pre-activations below which the L1 step runs sparse
 
@@ -64,9 +63,7 @@ class StandardSAE(SAE):
         n = x.shape[0]
         rows, cols = (pre > 0).nonzero(as_tuple=True)  # row-major
         acts = sparse_acts(self, x_in, pre[rows, cols], rows, cols)
-        offsets = torch.zeros(n, dtype=torch.int64, device=x.device)
-        offsets[1:] = torch.bincount(rows, minlength=n).cumsum(0)[:-1]
-        rec = self._reconstruction(embedding_bag(cols, self.W_dec, offsets, per_sample_weights=acts, mode="sum") + self.b_dec, x, cfg)
+        rec = self._reconstruction(sparse_decode(self, acts, rows, cols, n) + self.b_dec, x, cfg)
         weights = self.W_dec.norm(dim=1)[cols] if cfg["l1_decoder_norm"] else None
         if weights is not None:
             sparsity = (acts * weights).sum() / n

@@ -163,6 +163,20 @@ def test_batch_topk_is_exact_also_when_one_token_takes_many_latents():
     assert (pre.relu().flatten() > 0).sum() > 7.5 * 64
 
 
+def test_batch_topk_with_a_floor_is_the_same_selection():
+    """A floor below the m-th largest entry (candidates above it) and one above it (too few: the exact fallback) give
+    the same entries, in the same order, as no floor."""
+    pre = torch.randn(64, 200, generator=torch.Generator().manual_seed(5))
+    pre[3] += 4.0
+    for k in (1, 3, 7.5):
+        want = batch_topk(pre, k)
+        mth = want[2].min().item()
+        for floor in (0.25 * mth, 0.9 * mth, 1.5 * mth, 100.0):
+            got = batch_topk(pre, k, floor)
+            for a, b in zip(got, want):
+                assert torch.equal(a, b), (k, floor)
+
+
 def test_batch_topk_matches_saelens():
     sae_lens = pytest.importorskip("sae_lens.saes.batchtopk_sae")
     pre = torch.randn(32, 100, generator=torch.Generator().manual_seed(4))

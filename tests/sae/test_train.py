@@ -91,6 +91,29 @@ def test_an_sae_trained_alone_equals_the_one_trained_beside_others(gpt2_tiny, da
     assert not torch.equal(other_seed["l1", 2][0].W_enc, together["l1", 2][0].W_enc)
 
 
+def test_saes_stepped_in_parallel_threads_equal_those_stepped_one_after_another(gpt2_tiny, data_dir, tmp_path):
+    """With one intra-op thread per worker, every SAE takes the same steps on the same batches as in a serial run:
+    the parallel pass gives the same weights, and torch's thread count is restored afterwards."""
+    mp, spec, init, held, make_store = stream_setup(gpt2_tiny, data_dir)
+    jobs = [SAEJob("l1", 1, {"expansion": 2}), SAEJob("topk", 1, {"expansion": 2, "k": 4}), SAEJob("matryoshka", 2, {"expansion": 2, "k": 4}),
+            SAEJob("reference", 2)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = train_or_load_saes(mp, spec, jobs, training_plan(640, 64, 512, 64, "cpu", workers=1), make_store(), [init], held, "x", progress=False)
+        parallel_plan = training_plan(640, 64, 512, 64, "cpu", workers=2)
+        assert parallel_plan.workers == 2 and "MONOSEM_SAE_WORKERS" in parallel_plan.why
+        parallel = train_or_load_saes(model_paths(tmp_path / "parallel", spec.used), spec, jobs, parallel_plan, make_store(), [init], held, "x",
+                                      progress=False)
+        assert torch.get_num_threads() == 1, "the thread count in force before training is restored"
+    finally:
+        torch.set_num_threads(threads)
+    for jk in serial:
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            assert torch.equal(getattr(parallel[jk][0], name), getattr(serial[jk][0], name)), (jk, name)
+        assert parallel[jk][1]["history"] == serial[jk][1]["history"]
+
+
 def test_training_plan_defaults_by_model_size_and_device():
     small, large = training_plan(None, None, 32768, 384, "cpu"), training_plan(None, None, 32768, 1024, "cpu")
     assert small.train_tokens >= 1_000_000 and small.batch_size == 1024 and "d_model <= 512 on cpu" in small.why
@@ -101,6 +124,7 @@ def test_training_plan_defaults_by_model_size_and_device():
     chosen = training_plan(5000, 256, 1024, 384, "cpu")
     assert (chosen.steps, chosen.tokens_per_sae) == (20, 5120) and "MONOSEM_SAE_TOKENS and MONOSEM_SAE_BATCH" in chosen.why
     assert training_plan(100, 256, 1024, 384, "cpu").tokens_per_sae == 256
+    assert (small.workers, gpu.workers) == (2, 1), "two threads step the SAEs on the CPU, one on a GPU"
 
 
 def test_loss_change_over_the_last_tenth_of_steps():
