@@ -108,9 +108,17 @@ def main() -> int:
     executed = args.executed or (ROOT / "build" / "executed" if args.run else None)
     if executed is not None:
         record["notebook_seconds"] = notebook_seconds(executed)
-    record = save_record(args.model or args.run, record, args.note)
+    label = args.model or ("all-MiniLM-L6-v2 (bundled)" if args.run == "bundled" else args.run)
+    record = save_record(label, record, args.note or (f"commit {commit()}, cold caches in a temporary data folder" if args.run else ""))
     print(json.dumps(record, indent=1))
     return 0 if record["ok"] else 1
+
+
+def commit() -> str:
+    """The checked-out commit (short), with '+changes' when the working tree differs from it."""
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return sha + ("+changes" if dirty else "")
 
 
 def save_record(model: str, record: dict, note: str = "") -> dict:

@@ -20,6 +20,7 @@ from monosem.controls import random_control_caches
 from monosem.criterion import Criterion
 from monosem.model import ModelSpec
 from monosem.paths import ModelPaths
+from monosem.runtime import default_workers, parallel_map
 from monosem.sae.base import SAE
 from monosem.sae.presets import PRESETS
 from monosem.sae.saelens import load_sae
@@ -154,19 +155,29 @@ class Comparison:
 
 
 def compare_bases(bases: Sequence[Basis], df: pd.DataFrame, cache: ActivationCache, layers: Sequence[int], pooling: str = "mean",
-                  threshold: float = 0.6, criterion: Criterion = Criterion(), n_boot: int = 1000, progress: bool = True) -> Comparison:
-    """The unit table (reference score and final label) and the scorecard of every basis at every layer, on the same words."""
+                  threshold: float = 0.6, criterion: Criterion = Criterion(), n_boot: int = 1000, progress: bool = True,
+                  workers: int | None = None) -> Comparison:
+    """The unit table (reference score and final label) and the scorecard of every basis at every layer, on the same words.
+
+    The (basis, layer) pairs are independent: ``workers`` threads (default ``default_workers()``) compute them, and
+    the tables are the same in any order."""
     from monosem.progress import Progress
 
-    tables: dict[Basis, dict[int, pd.DataFrame]] = {}
+    def one(job: tuple[Basis, int]) -> tuple[pd.DataFrame, dict[str, Any]]:
+        basis, L = job
+        acts, live = basis.activations(cache, L, pooling)
+        table, rate = unit_table(acts, df, live, criterion, n_boot)
+        return table, {"basis": basis.name, "layer": L, **scorecard_row(table, rate, acts, df, threshold, criterion)}
+
+    jobs = [(basis, L) for basis in bases for L in layers]
+    tables: dict[Basis, dict[int, pd.DataFrame]] = {basis: {} for basis in bases}
     rows = []
-    for basis in Progress(bases, desc="statistics per basis", disable=not progress):
-        tables[basis] = {}
-        for L in layers:
-            acts, live = basis.activations(cache, L, pooling)
-            table, rate = unit_table(acts, df, live, criterion, n_boot)
-            tables[basis][L] = table
-            rows.append({"basis": basis.name, "layer": L, **scorecard_row(table, rate, acts, df, threshold, criterion)})
+    bar = Progress(total=len(jobs), desc="statistics per basis and layer", disable=not progress)
+    for (basis, L), (table, row) in zip(jobs, parallel_map(one, jobs, default_workers() if workers is None else workers)):
+        tables[basis][L] = table
+        rows.append(row)
+        bar.update()
+    bar.close()
     return Comparison(tables, pd.DataFrame(rows, columns=["basis", "layer", *SCORECARD_KEYS]))
 
 

@@ -23,6 +23,7 @@ from monosem.config import CODE_VERSION, MonosemError
 from monosem.io import clean_stale_temp, file_lock, hash_json
 from monosem.model import ModelSpec
 from monosem.paths import ModelPaths
+from monosem.runtime import default_workers
 from monosem.sae.base import SAE, TrainState
 from monosem.sae.presets import PRESETS
 from monosem.sae.registry import make_sae, sae_class
@@ -171,12 +172,6 @@ def training_defaults_markdown() -> str:
     return "\n".join(rows)
 
 
-def default_workers(device: torch.device | str) -> int:
-    """SAE-stepping threads: 2 on the CPU (each SAE's step is many small ops that use two cores only in part; two SAEs
-    at a time, one core each, train 1.15x faster on 2 cores: bench/run.py), 1 on a GPU (one stream does it all)."""
-    return 2 if torch.device(device).type == "cpu" else 1
-
-
 def training_plan(train_tokens: int | None, batch_size: int | None, buffer_tokens: int, d_model: int, device: torch.device | str,
                   workers: int | None = None) -> TrainingPlan:
     """The plan from the settings (``MONOSEM_SAE_TOKENS``, ``MONOSEM_SAE_BATCH``, ``MONOSEM_SAE_WORKERS``; None = the
@@ -234,6 +229,11 @@ class SAETrainer:
         self.state.step = step + 1
         self.seconds += time.perf_counter() - t0
 
+    def steps_on(self, batches: Sequence[Tensor]) -> None:
+        """One optimiser step on each of ``batches`` in turn."""
+        for x in batches:
+            self.step(x)
+
     def finish(self) -> tuple[SAE, list[dict], dict]:
         """The trained SAE on the CPU (input scale folded in), the loss of every step and the full config."""
         if self.state.step != self.steps:
@@ -262,13 +262,15 @@ def train_sae(acts: Tensor | TokenSource, preset: str = "reference", steps: int 
 
 
 def train_on_store(store: ActivationStore, trainers: dict[tuple[str, int], SAETrainer], batch_size: int, progress: bool = True,
-                   workers: int = 1) -> None:
+                   workers: int = 1, group_bytes: int = 256 << 20) -> None:
     """Feed every trainer ({(preset, layer): trainer}, all planned for the same steps) from one pass of ``store``:
     each batch of a layer trains every preset of that layer.
 
-    With ``workers`` > 1 the trainers' steps on a batch run in that many threads, each with its share of torch's
-    intra-op threads, while the model (which fills the store between batches) keeps them all. A trainer takes its
-    steps in the same order either way; with one intra-op thread per worker its ops are those of a serial run."""
+    The batches come in groups (as many as fit in ``group_bytes``, at most 16): each trainer takes its steps on the
+    whole group before the next trainer runs, so its weights and optimiser state stay in the cache. With ``workers`` > 1
+    the trainers of a group run in that many threads (the slowest first), each thread with its share of torch's
+    intra-op threads, while the model (which fills the store) keeps them all. Every trainer takes the same steps on the
+    same batches in the same order as in a serial run; with one intra-op thread per worker its ops are those too."""
     from monosem.progress import Progress
 
     steps = {t.steps for t in trainers.values()}
@@ -277,22 +279,40 @@ def train_on_store(store: ActivationStore, trainers: dict[tuple[str, int], SAETr
     if workers < 1:
         raise MonosemError(f"training needs at least one worker thread (MONOSEM_SAE_WORKERS), got {workers}")
     n_steps = steps.pop()
-    desc = f"train {len(trainers)} SAEs ({batch_size} tokens per step)"
-    batches = store.batches(batch_size, n_steps)
-    if workers == 1:
-        for batch in Progress(batches, total=n_steps, desc=desc, disable=not progress, mininterval=1):
-            for (_, layer), trainer in trainers.items():
-                trainer.step(batch[layer])
-        return
+    layers = sorted({layer for _, layer in trainers})
+    group = max(1, min(16, group_bytes // max(1, batch_size * store.d_model * 4 * len(layers))))
+    bar = Progress(total=n_steps, desc=f"train {len(trainers)} SAEs ({batch_size} tokens per step)", disable=not progress, mininterval=1)
     threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
     try:
-        torch.set_num_threads(max(1, threads // workers))  # a worker thread takes this count when it first runs an op
-        with ThreadPoolExecutor(workers) as pool:
-            for batch in Progress(_with_threads(batches, threads), total=n_steps, desc=desc, disable=not progress, mininterval=1):
-                for done in [pool.submit(trainer.step, batch[layer]) for (_, layer), trainer in trainers.items()]:
+        if pool is not None:
+            torch.set_num_threads(max(1, threads // workers))  # a worker thread takes this count when it first runs an op
+        for batches in _groups(_with_threads(store.batches(batch_size, n_steps), threads), group):
+            slowest_first = sorted(trainers.items(), key=lambda item: -item[1].seconds)
+            if pool is None:
+                for (_, layer), trainer in slowest_first:
+                    trainer.steps_on([b[layer] for b in batches])
+            else:
+                for done in [pool.submit(trainer.steps_on, [b[layer] for b in batches]) for (_, layer), trainer in slowest_first]:
                     done.result()
+            bar.update(len(batches))
     finally:
         torch.set_num_threads(threads)
+        if pool is not None:
+            pool.shutdown()
+        bar.close()
+
+
+def _groups(items: Iterator[dict[int, Tensor]], size: int) -> Iterator[list[dict[int, Tensor]]]:
+    """Lists of up to ``size`` consecutive items."""
+    chunk: list[dict[int, Tensor]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _with_threads(batches: Iterator[dict[int, Tensor]], threads: int) -> Iterator[dict[int, Tensor]]:
