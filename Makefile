@@ -6,9 +6,9 @@ MODEL ?=
 STAMP := $(VENV)/.setup-stamp
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: setup wordnet run report test lint readme sync e2e bench lab
+.PHONY: setup wordnet chromium run report test lint readme sync e2e bench lab
 
-setup: $(STAMP) wordnet
+setup: $(STAMP) wordnet chromium
 
 # The offline general-English corpus (WordNet 3.0 glosses and examples): Debian's wordnet-base, installed with
 # apt as root. Without it the SAEs train on Python's docs (pydoc), and a banner in the notebooks says so.
@@ -20,6 +20,17 @@ wordnet:
 	    || echo "make setup: apt could not install wordnet-base; $(WORDNET_MISSING)"; \
 	else \
 	  echo "make setup: WordNet is not installed, and installing Debian's wordnet-base needs apt and root: run 'sudo apt-get install wordnet-base'; until then $(WORDNET_MISSING)"; \
+	fi
+
+# Chromium draws the saved figures as PNG and SVG (kaleido) and runs the e2e tests: Debian's package, installed with apt
+# as root; without it make run writes the HTML figures only and says so.
+chromium:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
+	    || echo "make setup: apt could not install chromium; the figures will be HTML only (no PNG/SVG)"; \
+	else \
+	  echo "make setup: Chromium is not installed: run 'sudo apt-get install chromium' (Debian) for PNG/SVG figures; the HTML figures need nothing"; \
 	fi
 
 # Re-installs only when pyproject.toml changes; creates the venv if missing.
@@ -40,7 +51,8 @@ run: setup
 	    --ExecutePreprocessor.timeout=14400 --output-dir build/executed "$$nb"; \
 	  $(BIN)/jupyter nbconvert --to html --output-dir build/html "build/executed/$$(basename $$nb)"; \
 	done
-	@echo "results: data/results/   executed notebooks: build/executed/   HTML: build/html/"
+	$(BIN)/python scripts/render_figures.py
+	@echo "results: data/results/   figures (HTML, PNG, SVG): data/results/<model>/figures/   executed notebooks: build/executed/   HTML: build/html/"
 
 test: setup lint
 	$(BIN)/python -m pytest
@@ -64,6 +76,7 @@ report: setup
 	@summary=$$(ls -t data/results/*/summary.json 2>/dev/null | head -1); \
 	if [ -z "$$summary" ]; then echo "make report: no data/results/<model>/summary.json; run make run first"; exit 1; fi; \
 	$(BIN)/python scripts/update_readme.py --findings "$$summary" && echo "README.md findings from $$summary"
+	$(BIN)/python scripts/render_figures.py --readme
 
 # JupyterLab in Debian's chromium, driven by Playwright; installs the package when it is missing (root).
 e2e: setup

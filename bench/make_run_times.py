@@ -92,6 +92,22 @@ def notebook_seconds(executed: Path) -> dict[str, float]:
     return out
 
 
+def slowest_cells(executed: Path, n: int = 6) -> list[dict]:
+    """The ``n`` code cells of the executed notebooks in ``executed`` that took longest: notebook, first line, seconds."""
+    from datetime import datetime
+
+    cells = []
+    for path in sorted(executed.glob("0*.ipynb")):
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            t = cell.get("metadata", {}).get("execution", {})
+            if cell["cell_type"] == "code" and "iopub.execute_input" in t and "shell.execute_reply" in t:
+                seconds = (datetime.fromisoformat(t["shell.execute_reply"].replace("Z", "+00:00"))
+                           - datetime.fromisoformat(t["iopub.execute_input"].replace("Z", "+00:00"))).total_seconds()
+                source = "".join(cell["source"]).strip().splitlines()
+                cells.append({"notebook": path.stem, "cell": source[0][:90] if source else "", "seconds": round(seconds, 1)})
+    return sorted(cells, key=lambda c: -c["seconds"])[:n]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", metavar="MODEL", help="time `make run MODEL=...` now")

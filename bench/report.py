@@ -127,6 +127,18 @@ def _why_sections(r: dict, goals: list) -> list[str]:
                   "One extraction of the GPT-2 Medium batch, torch profiler, self CPU time per op:", "",
                   "| op | ms | share | calls |", "|---|---|---|---|"]
         lines += [f"| `{row['op']}` | {row['ms']:.0f} | {row['share']:.0%} | {row['calls']} |" for row in r.get("profile_extraction", [])]
+    run = r.get("commands", {}).get("make run", {})
+    if run.get("notebook_seconds"):
+        unmet_run = any(name.startswith("make run") for name in unmet)
+        lines += ["", "### Where the time of `make run` goes" + (" (goal not met)" if unmet_run else ""), "",
+                  f"Cold caches, bundled model, {run['seconds']:.0f} s in all (peak RSS {run.get('peak_rss_mb', float('nan')):,.0f} MB); the rest of the "
+                  "time is nbconvert's start-up, the HTML exports and the PNG/SVG figures. Seconds of code cells per notebook, then the slowest cells:", "",
+                  "| notebook | seconds |", "|---|---|"] + [f"| {nb} | {sec:.0f} |" for nb, sec in run["notebook_seconds"].items()]
+        lines += ["", "| notebook | cell (first line) | seconds |", "|---|---|---|"]
+        lines += [f"| {c['notebook']} | `{c['cell']}` | {c['seconds']:.0f} |" for c in run.get("slowest_cells", [])]
+        lines += ["", "Notebook 02's training cell runs the model once over the corpus (1M tokens, every layer) and trains the 16 SAEs "
+                  "(4 presets x 4 layers) on the same batches, two SAEs at a time (`MONOSEM_SAE_WORKERS`); notebook 03's statistics "
+                  "(52 unit tables, each with 20 word splits on two frame kinds) run in two threads."]
     if any(name.startswith("statistics") for name in unmet):
         prof = r["statistics"][0].get("profile", [])
         lines += ["", "### Where the time of the statistics goes", "", "cProfile, cumulative seconds per function (all 4 layers):", "",

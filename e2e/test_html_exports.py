@@ -107,3 +107,17 @@ def test_readme_findings_are_what_make_report_writes_from_this_run():
     assert block, "README.md has no findings block"
     want = readme_findings(Summary(**json.loads(runs[-1].read_text(encoding="utf-8"))))
     assert block.group(1) == want, f"README.md's findings differ from {runs[-1]}: run `make report`"
+
+
+def test_make_run_draws_every_saved_figure_as_png_and_svg():
+    """After `make run`, every figure it saved (its plotly JSON) has an up-to-date PNG and SVG beside it."""
+    from monosem.results import FIGURE_SPEC, figures_to_render
+
+    folders = sorted((ROOT / "data" / "results").glob("*/figures"))
+    specs = [p for f in folders for p in f.glob(f"*{FIGURE_SPEC}")]
+    if not specs:
+        pytest.skip("no saved figures in data/results/<model>/figures: run `make run`")
+    for folder in folders:
+        assert figures_to_render(folder) == [], f"{folder}: figures without an up-to-date PNG/SVG: run scripts/render_figures.py"
+    png = specs[0].with_name(specs[0].name[: -len(FIGURE_SPEC)] + ".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

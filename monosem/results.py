@@ -13,7 +13,11 @@ preset's SAE or another model's run:
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -175,9 +179,14 @@ def export_feature_page(mp: ModelPaths, data: dict, page: str) -> Path:
     return atomic_write_text(mp.features / f"layer_{data['layer']}_feature_{data['index']}.html", page)
 
 
+FIGURE_SPEC = ".plotly.json"  # beside each saved figure: its plotly JSON, from which render_figure_images draws PNG and SVG
+IMAGE_FORMATS = ("png", "svg")
+
+
 def save_figure(mp: ModelPaths, fig: Any, name: str, enabled: bool) -> Path | None:
     """Write ``fig`` as an offline HTML file under ``figures/`` when ``enabled`` (MONOSEM_SAVE_FIGURES); every figure
-    there loads the one ``plotly.min.js`` beside it (written once), not 4.8 MB of plotly.js each."""
+    there loads the one ``plotly.min.js`` beside it (written once), not 4.8 MB of plotly.js each. Its plotly JSON goes
+    beside it (``<name>.plotly.json``), for the PNG and SVG files of ``render_figure_images`` (``make run`` draws them)."""
     if not enabled:
         return None
     js = mp.figures / "plotly.min.js"
@@ -185,7 +194,58 @@ def save_figure(mp: ModelPaths, fig: Any, name: str, enabled: bool) -> Path | No
         from plotly.offline import get_plotlyjs
 
         atomic_write_text(js, get_plotlyjs())
+    atomic_write_text(mp.figures / f"{slugify(name)}{FIGURE_SPEC}", fig.to_json())
     return atomic_write_text(mp.figures / f"{slugify(name)}.html", fig.to_html(include_plotlyjs="directory", full_html=True))
+
+
+def figures_to_render(folder: Path, formats: Sequence[str] = IMAGE_FORMATS) -> list[tuple[Path, Path]]:
+    """(plotly JSON, image) pairs of the saved figures in ``folder`` whose image is missing or older than the JSON."""
+    pairs = []
+    for spec in sorted(folder.glob(f"*{FIGURE_SPEC}")):
+        stem = spec.name[: -len(FIGURE_SPEC)]
+        for fmt in formats:
+            image = folder / f"{stem}.{fmt}"
+            if not image.exists() or image.stat().st_mtime < spec.stat().st_mtime:
+                pairs.append((spec, image))
+    return pairs
+
+
+def render_figure_images(folder: Path, formats: Sequence[str] = IMAGE_FORMATS, scale: float = 2.0) -> list[Path]:
+    """Draw every saved figure in ``folder`` as PNG and SVG (those missing or older than their plotly JSON) in one
+    kaleido session (see ``write_images``)."""
+    todo = figures_to_render(folder, formats)
+    cache: dict[Path, dict] = {}
+    return write_images([(cache.setdefault(spec, json.loads(spec.read_text(encoding="utf-8"))), image) for spec, image in todo], scale)
+
+
+def write_images(figures: Sequence[tuple[dict, Path]], scale: float = 2.0) -> list[Path]:
+    """Write each (plotly figure dict, image path) as the image its suffix names (png, svg, pdf) in one kaleido session,
+    with the plotly.js that plotly ships (no network: MathJax off); each image is drawn in a temporary folder beside it
+    and moved into place. Needs kaleido (``make setup`` installs it) and Chrome or Chromium."""
+    if not figures:
+        return []
+    try:
+        import kaleido
+    except ImportError as exc:
+        raise MonosemError("PNG/SVG export needs kaleido: run `make setup` (or pip install 'kaleido>=1'); the HTML figures are written already") from exc
+    folders = {image.parent for _, image in figures}
+    with ExitStack() as stack:
+        tmp = {folder: Path(stack.enter_context(tempfile.TemporaryDirectory(dir=folder, prefix=".render-"))) for folder in folders}
+        specs = []
+        for fig, image in figures:
+            layout = fig.get("layout", {})
+            specs.append({"fig": fig, "path": str(tmp[image.parent] / image.name),
+                          "opts": {"format": image.suffix[1:], "width": layout.get("width") or 1000, "height": layout.get("height") or 520, "scale": scale}})
+        try:
+            kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False})
+        except Exception as exc:
+            if "chrome" in f"{type(exc).__name__} {exc}".lower():
+                raise MonosemError("PNG/SVG export needs Chrome or Chromium: on Debian `sudo apt-get install chromium`, or `plotly_get_chrome` "
+                                   f"(a download); the HTML figures are written already ({type(exc).__name__}: {exc})") from exc
+            raise
+        for (_, image), spec in zip(figures, specs):
+            os.replace(spec["path"], image)
+    return [image for _, image in figures]
 
 
 def collect_sae_metrics(mp: ModelPaths, spec: ModelSpec, presets: Sequence[str], layers: Sequence[int],

@@ -237,3 +237,46 @@ def test_saved_figures_share_one_plotly_js_and_draw_offline(tmp_path):
     for page in (a, b):
         text = page.read_text()
         assert 'src="plotly.min.js"' in text and "cdn.plot.ly" not in text and len(text) < 100_000
+
+
+def test_saved_figures_render_to_png_and_svg_once(tmp_path):
+    """make run draws each saved figure as PNG and SVG (kaleido, Chromium, no network); an up-to-date image is not redrawn."""
+    import shutil
+
+    import plotly.graph_objects as go
+
+    from monosem.io import slugify
+    from monosem.paths import model_paths
+    from monosem.results import figures_to_render, render_figure_images, save_figure
+
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no Chromium: make setup installs it (apt, as root)")
+    mp = model_paths(tmp_path, "some/model")
+    save_figure(mp, go.Figure(go.Bar(y=[1, 2]), layout=dict(title="a")), "Figure 1: a", enabled=True)
+    save_figure(mp, go.Figure(go.Scatter(y=[3, 1])), "b", enabled=True)
+    written = render_figure_images(mp.figures)
+    a = slugify("Figure 1: a")
+    assert sorted(p.name for p in written) == sorted([f"{a}.png", f"{a}.svg", "b.png", "b.svg"])
+    assert (mp.figures / f"{a}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in (mp.figures / "b.svg").read_text()[:2000]
+    assert not list(mp.figures.glob(".render-*")), "the temporary folder is gone"
+    assert figures_to_render(mp.figures) == [] and render_figure_images(mp.figures) == []
+
+
+def test_render_without_chromium_says_how_to_install_it(tmp_path, monkeypatch):
+    import kaleido
+    import plotly.graph_objects as go
+    from kaleido.errors import ChromeNotFoundError
+
+    from monosem.paths import model_paths
+    from monosem.results import render_figure_images, save_figure
+
+    def no_chrome(*args, **kwargs):
+        raise ChromeNotFoundError("no chrome here")
+
+    monkeypatch.setattr(kaleido, "write_fig_from_object_sync", no_chrome)
+    mp = model_paths(tmp_path, "some/model")
+    save_figure(mp, go.Figure(go.Bar(y=[1])), "a", enabled=True)
+    with pytest.raises(MonosemError, match="apt-get install chromium"):
+        render_figure_images(mp.figures)
+    assert not list(mp.figures.glob("*.png")) and not list(mp.figures.glob(".render-*"))

@@ -69,7 +69,8 @@ def fig_selectivity(tables: dict[int, pd.DataFrame], threshold: float, model_nam
                     row=1, col=j)
         fig.add_vline(x=threshold, line_dash="dash", line_color="black", row=1, col=j)  # pyright: ignore[reportArgumentType]
         fig.update_xaxes(range=[0, 1], row=1, col=j)
-    fig.update_yaxes(title_text="number of features", row=1, col=1)
+    fig.update_yaxes(type="log", row=1, col=1)  # shared: the few selective features stay visible next to bins of hundreds
+    fig.update_yaxes(title_text="number of features (log scale)", row=1, col=1)
     fig.update_layout(barmode="overlay", title=f"Figure 1 - {model_name}: reference score per layer (dashed: threshold {threshold:g})",
                       legend=dict(orientation="h", y=-0.2))
     fig.add_annotation(text="reference score = max / sum of the 4 concept means", x=0.5, y=-0.12, xref="paper", yref="paper", showarrow=False)
@@ -132,18 +133,29 @@ def fig_preset_comparison(metrics: pd.DataFrame, model_name: str):
     return fig
 
 
+BASIS_COLORS = {"reference": "#d62728", "l1": "#ff7f0e", "topk": "#2ca02c", "matryoshka": "#9467bd", "residual": "#1f77b4", "mlp": "#17becf"}
+
+
+def basis_style(name: str) -> dict[str, Any]:
+    """Bar style of a scorecard basis: one colour per SAE preset or model unit; an untrained SAE in its preset's colour
+    with stripes, the random-weight model's bases in their colour with crosses, faded."""
+    lower = name.lower()
+    kind = next((k for k in ("reference", "matryoshka", "topk", "l1") if f"({k})" in lower), "mlp" if "mlp" in lower else "residual")
+    shape = "x" if "random-weight" in lower else "/" if "untrained" in lower else ""
+    return {"marker_color": BASIS_COLORS[kind], "marker_pattern_shape": shape, "opacity": 0.55 if shape == "x" else 1.0}
+
+
 def fig_scorecard(scorecard: pd.DataFrame, model_name: str):
     """'Is it real?': per basis and layer, the fraction of active units that are selective and the k=5 sparse-probe AUROC."""
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=["selective units / active units (final label)", "5-sparse probe AUROC on held-out words"],
                         horizontal_spacing=0.08)
-    for i, (basis, rows) in enumerate(scorecard.groupby("basis", sort=False)):
+    for basis, rows in scorecard.groupby("basis", sort=False):
         layers = [str(L) for L in rows["layer"]]
-        fig.add_bar(x=layers, y=rows["fraction_selective_active"], name=str(basis), legendgroup=str(basis), marker_color=f"hsl({(i * 47) % 360}, 55%, 50%)",
-                    row=1, col=1)
-        fig.add_bar(x=layers, y=rows["probe_k5_auroc"], name=str(basis), legendgroup=str(basis), showlegend=False,
-                    marker_color=f"hsl({(i * 47) % 360}, 55%, 50%)", row=1, col=2)
+        style = basis_style(str(basis))
+        fig.add_bar(x=layers, y=rows["fraction_selective_active"], name=str(basis), legendgroup=str(basis), **style, row=1, col=1)
+        fig.add_bar(x=layers, y=rows["probe_k5_auroc"], name=str(basis), legendgroup=str(basis), showlegend=False, **style, row=1, col=2)
     fig.update_xaxes(title_text="layer", type="category")
     fig.update_yaxes(tickformat=".1%", row=1, col=1)
     fig.update_yaxes(range=[0.5, 1], row=1, col=2)

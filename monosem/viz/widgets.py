@@ -76,8 +76,8 @@ class SelectivityExplorer:
                 trace.x, trace.y, trace.width = d["x"], d["y"], d["width"]
             layout: Any = self.figure.layout
             layout.shapes[0].x0 = layout.shapes[0].x1 = self.threshold.value
-            self.figure.layout.title = (f"{self.model_name}, layer {self.layer.value}: {v['count']} features above {self.threshold.value:.2f} "
-                                        f"(reference criterion), {v['count_selective']} selective (final label)")
+            self.figure.layout.title = (f"{self.model_name}, layer {self.layer.value}:<br>{v['count']} features above {self.threshold.value:.2f} "
+                                        f"(reference criterion), {v['count_selective']} selective (final label)")  # two lines: never cut
         self.listing.value = v["html"]
         self.count, self.count_selective = v["count"], v["count_selective"]
 
