@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -261,9 +260,9 @@ def replicate(wd: WordData, n_categories: int, criterion: Criterion = Criterion(
                 confirmed[s] = (t >= 0) & (held_top == t) & (q < criterion.alpha)
                 aurocs[s] = np.where(t >= 0, auroc, np.nan)  # the discovery half's top category, scored on words it never saw
         replicated[s] = confirmed[s] & (t == top)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # silent units have no AUROC: NaN
-        auroc_heldout = np.nanmean(aurocs, 0)
+    scored = ~np.isnan(aurocs)  # silent units have no AUROC: NaN (no warnings.catch_warnings: not thread-safe, and bases run in threads)
+    n_scored = scored.sum(0)
+    auroc_heldout = np.divide(np.where(scored, aurocs, 0).sum(0), n_scored, out=np.full(aurocs.shape[1], np.nan), where=n_scored > 0)
     return Replication(top, replicated.mean(0), auroc_heldout, discovered, confirmed)
 
 

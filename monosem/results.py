@@ -237,12 +237,15 @@ def write_images(figures: Sequence[tuple[dict, Path]], scale: float = 2.0) -> li
             specs.append({"fig": fig, "path": str(tmp[image.parent] / image.name),
                           "opts": {"format": image.suffix[1:], "width": layout.get("width") or 1000, "height": layout.get("height") or 520, "scale": scale}})
         try:
-            kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False})
+            kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False}, cancel_on_error=True)  # a figure that fails raises
         except Exception as exc:
             if "chrome" in f"{type(exc).__name__} {exc}".lower():
                 raise MonosemError("PNG/SVG export needs Chrome or Chromium: on Debian `sudo apt-get install chromium`, or `plotly_get_chrome` "
                                    f"(a download); the HTML figures are written already ({type(exc).__name__}: {exc})") from exc
             raise
+        missing = [spec["path"] for spec in specs if not Path(spec["path"]).is_file()]
+        if missing:
+            raise MonosemError(f"kaleido wrote {len(specs) - len(missing)} of {len(specs)} images (missing: {missing[:3]}); nothing was moved into place")
         for (_, image), spec in zip(figures, specs):
             os.replace(spec["path"], image)
     return [image for _, image in figures]

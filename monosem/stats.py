@@ -49,8 +49,8 @@ def word_data(acts: Tensor | np.ndarray, df: pd.DataFrame, categories: Sequence[
 def group_sums(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     """Float64 sums of the rows of ``values`` [n, units] per ``group`` [n] (ints in [0, n_groups)) -> [n_groups, units].
 
-    The rows are sorted by group (stably) and summed with one ``np.add.reduceat``: the same sums, in the same
-    row order, as ``np.add.at`` at a fraction of its time."""
+    The rows are sorted by group (stably) and summed with one ``np.add.reduceat``: the sums of ``np.add.at`` up to
+    float64 rounding (reduceat may add long groups in another order), at a fraction of its time."""
     out = np.zeros((n_groups, values.shape[1]), dtype=np.float64)
     if not len(group):
         return out

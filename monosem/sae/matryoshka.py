@@ -51,10 +51,7 @@ def batch_topk(pre: Tensor, k: float, floor: float = 0.0) -> tuple[Tensor, Tenso
             flat = pre.flatten()
             above = (flat > floor).nonzero().squeeze(1)
             if above.numel() >= m:
-                top_v, j = flat[above].topk(m, sorted=False)
-                keys = above[j]
-                order = argsort_distinct(keys)
-                keys, top_v = keys[order], top_v[order]
+                keys, top_v = _select(above, flat[above], m)
                 return keys // d_sae, keys % d_sae, top_v
         cand_v, cand_i = pre.topk(width, dim=1, sorted=False)  # [n, width]
         values, rows, cols = cand_v.flatten(), torch.arange(n, device=pre.device).repeat_interleave(width), cand_i.flatten()
@@ -74,11 +71,23 @@ def batch_topk(pre: Tensor, k: float, floor: float = 0.0) -> tuple[Tensor, Tenso
             cols = torch.cat([cols[others], sub_i.flatten()])
             row_min[widen] = sub_v.min(1).values
             complete[widen] = width == d_sae
-        rows, cols = rows[top_j], cols[top_j]
+        keys, top_v = _select(rows * d_sae + cols, values, m)  # the candidates hold every entry >= the m-th largest
         positive = top_v > 0
-        rows, cols, top_v = rows[positive], cols[positive], top_v[positive]
-        order = argsort_distinct(rows * d_sae + cols)
-        return rows[order], cols[order], top_v[order]
+        keys, top_v = keys[positive], top_v[positive]
+        return keys // d_sae, keys % d_sae, top_v
+
+
+def _select(keys: Tensor, values: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    """The m largest of ``values`` [c] (which hold every entry at least as large as the m-th largest of the batch) with
+    their ``keys`` (row-major flat indices), sorted by key. Ties at the m-th value go to the smallest keys, so the
+    selection does not depend on which candidates a path gathered."""
+    v_m = values.topk(m, sorted=False).values.min()
+    above = (values > v_m).nonzero().squeeze(1)
+    tied = (values == v_m).nonzero().squeeze(1)
+    tied = tied[argsort_distinct(keys[tied])[: m - above.numel()]]
+    chosen = torch.cat([above, tied])
+    order = argsort_distinct(keys[chosen])
+    return keys[chosen][order], values[chosen][order]
 
 
 def widths_from_fractions(fractions: Sequence[float], d_sae: int) -> list[int]:

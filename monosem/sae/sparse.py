@@ -48,10 +48,13 @@ def argsort_distinct(key: Tensor) -> Tensor:
     return torch.argsort(key)
 
 
+# "Sparse CSR tensor support is in beta": CSR x dense is all this uses. One filter for that message, set once here:
+# warnings.catch_warnings() around each call is not thread-safe, and the SAEs train in two threads.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+
+
 def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
-    with warnings.catch_warnings():  # "sparse CSR tensor support is in beta": CSR x dense is all this uses
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
+    return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
 
 def _enc_tensors(sae: "SAE") -> tuple[Tensor, Tensor, Tensor | None]:

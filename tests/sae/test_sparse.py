@@ -166,8 +166,11 @@ def test_batch_topk_is_exact_also_when_one_token_takes_many_latents():
 def test_batch_topk_with_a_floor_is_the_same_selection():
     """A floor below the m-th largest entry (candidates above it) and one above it (too few: the exact fallback) give
     the same entries, in the same order, as no floor."""
-    pre = torch.randn(64, 200, generator=torch.Generator().manual_seed(5))
+    pre = torch.randn(64, 200, generator=torch.Generator().manual_seed(5)).round(decimals=1)  # many ties
     pre[3] += 4.0
+    pre[7] = pre[6]  # duplicate tokens (a text's first token after BOS is dropped): ties at the m-th value across rows
+    tied = torch.tensor([[2.0, 1.0, 0.0]] * 3)
+    assert all(torch.equal(a, b) for a, b in zip(batch_topk(tied, 0.5, 1.5), batch_topk(tied, 0.5))), "ties go to the first entries, either way"
     for k in (1, 3, 7.5):
         want = batch_topk(pre, k)
         mth = want[2].min().item()
