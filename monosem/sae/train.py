@@ -8,7 +8,6 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from monosem.config import CODE_VERSION, MonosemError
 from monosem.io import clean_stale_temp, file_lock, hash_json
 from monosem.model import ModelSpec
 from monosem.paths import ModelPaths
-from monosem.runtime import default_workers
+from monosem.runtime import default_workers, parallel_map
 from monosem.sae.base import SAE, TrainState
 from monosem.sae.presets import PRESETS
 from monosem.sae.registry import make_sae, sae_class
@@ -282,25 +281,11 @@ def train_on_store(store: ActivationStore, trainers: dict[tuple[str, int], SAETr
     layers = sorted({layer for _, layer in trainers})
     group = max(1, min(16, group_bytes // max(1, batch_size * store.d_model * 4 * len(layers))))
     bar = Progress(total=n_steps, desc=f"train {len(trainers)} SAEs ({batch_size} tokens per step)", disable=not progress, mininterval=1)
-    threads = torch.get_num_threads()
-    pool = ThreadPoolExecutor(workers) if workers > 1 else None
-    try:
-        if pool is not None:
-            torch.set_num_threads(max(1, threads // workers))  # a worker thread takes this count when it first runs an op
-        for batches in _groups(_with_threads(store.batches(batch_size, n_steps), threads), group):
-            slowest_first = sorted(trainers.items(), key=lambda item: -item[1].seconds)
-            if pool is None:
-                for (_, layer), trainer in slowest_first:
-                    trainer.steps_on([b[layer] for b in batches])
-            else:
-                for done in [pool.submit(trainer.steps_on, [b[layer] for b in batches]) for (_, layer), trainer in slowest_first]:
-                    done.result()
-            bar.update(len(batches))
-    finally:
-        torch.set_num_threads(threads)
-        if pool is not None:
-            pool.shutdown()
-        bar.close()
+    for batches in _groups(store.batches(batch_size, n_steps), group):  # the store (the model) runs here, with every thread
+        jobs = [(trainer, [b[layer] for b in batches]) for (_, layer), trainer in sorted(trainers.items(), key=lambda item: -item[1].seconds)]
+        list(parallel_map(lambda job: job[0].steps_on(job[1]), jobs, workers))  # each worker thread with its share of the threads
+        bar.update(len(batches))
+    bar.close()
 
 
 def _groups(items: Iterator[dict[int, Tensor]], size: int) -> Iterator[list[dict[int, Tensor]]]:
@@ -313,21 +298,6 @@ def _groups(items: Iterator[dict[int, Tensor]], size: int) -> Iterator[list[dict
             chunk = []
     if chunk:
         yield chunk
-
-
-def _with_threads(batches: Iterator[dict[int, Tensor]], threads: int) -> Iterator[dict[int, Tensor]]:
-    """The items of ``batches``, each produced with ``threads`` intra-op threads in this thread (the model's forward
-    passes), the count in force before restored while the caller uses the item."""
-    while True:
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            batch = next(batches, None)
-        finally:
-            torch.set_num_threads(before)
-        if batch is None:
-            return
-        yield batch
 
 
 def loss_change_last10pct(history: Sequence[dict], key: str = "loss") -> float:
