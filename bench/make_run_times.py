@@ -76,35 +76,29 @@ def parse_time_log(path: Path) -> dict:
             **({"cpu_percent": int(cpu.group(1))} if cpu else {}), "how": f"/usr/bin/time -v make run, log {path.name}"}
 
 
-def notebook_seconds(executed: Path) -> dict[str, float]:
-    """Seconds per executed notebook in ``executed`` (nbconvert's cell timestamps: the sum over code cells)."""
+def cell_seconds(path: Path) -> list[tuple[str, float]]:
+    """(first source line, seconds) of each timed code cell of the executed notebook ``path`` (nbconvert's timestamps)."""
     from datetime import datetime
 
-    out = {}
-    for path in sorted(executed.glob("0*.ipynb")):
-        total = 0.0
-        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
-            t = cell.get("metadata", {}).get("execution", {})
-            if "iopub.execute_input" in t and "shell.execute_reply" in t:
-                total += (datetime.fromisoformat(t["shell.execute_reply"].replace("Z", "+00:00"))
-                          - datetime.fromisoformat(t["iopub.execute_input"].replace("Z", "+00:00"))).total_seconds()
-        out[path.stem] = round(total, 1)
-    return out
+    cells = []
+    for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+        t = cell.get("metadata", {}).get("execution", {})
+        if cell["cell_type"] == "code" and "iopub.execute_input" in t and "shell.execute_reply" in t:
+            seconds = (datetime.fromisoformat(t["shell.execute_reply"].replace("Z", "+00:00"))
+                       - datetime.fromisoformat(t["iopub.execute_input"].replace("Z", "+00:00"))).total_seconds()
+            source = "".join(cell["source"]).strip().splitlines()
+            cells.append((source[0][:90] if source else "", seconds))
+    return cells
+
+
+def notebook_seconds(executed: Path) -> dict[str, float]:
+    """Seconds per executed notebook in ``executed`` (the sum over its code cells)."""
+    return {path.stem: round(sum(sec for _, sec in cell_seconds(path)), 1) for path in sorted(executed.glob("0*.ipynb"))}
 
 
 def slowest_cells(executed: Path, n: int = 6) -> list[dict]:
     """The ``n`` code cells of the executed notebooks in ``executed`` that took longest: notebook, first line, seconds."""
-    from datetime import datetime
-
-    cells = []
-    for path in sorted(executed.glob("0*.ipynb")):
-        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
-            t = cell.get("metadata", {}).get("execution", {})
-            if cell["cell_type"] == "code" and "iopub.execute_input" in t and "shell.execute_reply" in t:
-                seconds = (datetime.fromisoformat(t["shell.execute_reply"].replace("Z", "+00:00"))
-                           - datetime.fromisoformat(t["iopub.execute_input"].replace("Z", "+00:00"))).total_seconds()
-                source = "".join(cell["source"]).strip().splitlines()
-                cells.append({"notebook": path.stem, "cell": source[0][:90] if source else "", "seconds": round(seconds, 1)})
+    cells = [{"notebook": path.stem, "cell": line, "seconds": round(sec, 1)} for path in sorted(executed.glob("0*.ipynb")) for line, sec in cell_seconds(path)]
     return sorted(cells, key=lambda c: -c["seconds"])[:n]
 
 
