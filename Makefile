@@ -6,9 +6,9 @@ MODEL ?=
 STAMP := $(VENV)/.setup-stamp
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: setup wordnet chromium run report test lint readme sync e2e bench lab
+.PHONY: setup wordnet chromium widgets-js run report test lint readme sync e2e bench lab
 
-setup: $(STAMP) wordnet chromium
+setup: $(STAMP) wordnet chromium widgets-js
 
 # The offline general-English corpus (WordNet 3.0 glosses and examples): Debian's wordnet-base, installed with
 # apt as root. Without it the SAEs train on Python's docs (pydoc), and a banner in the notebooks says so.
@@ -33,6 +33,16 @@ chromium:
 	  echo "make setup: Chromium is not installed: run 'sudo apt-get install chromium' (Debian) for PNG/SVG figures; the HTML figures need nothing"; \
 	fi
 
+# The widget manager that draws the widgets of the HTML exports offline (build/html/widgets/): npm packages at pinned
+# versions and integrity, fetched once into .venv/share/monosem/widgets (npm from Debian's packages when it is missing,
+# as root). Without npm the exports' widgets load from a CDN and this says how to fix it.
+widgets-js: $(STAMP)
+	@if ! command -v npm >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null \
+	    || echo "make setup: apt could not install npm"; \
+	fi
+	@$(BIN)/python scripts/export_html.py --fetch
+
 # Re-installs only when pyproject.toml changes; creates the venv if missing.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,7 +59,7 @@ run: setup
 	  echo "== $$nb"; \
 	  MONOSEM_MODEL="$(MODEL)" MONOSEM_SAVE_FIGURES=1 $(BIN)/jupyter nbconvert --to notebook --execute \
 	    --ExecutePreprocessor.timeout=14400 --output-dir build/executed "$$nb"; \
-	  $(BIN)/jupyter nbconvert --to html --output-dir build/html "build/executed/$$(basename $$nb)"; \
+	  $(BIN)/python scripts/export_html.py --out build/html "build/executed/$$(basename $$nb)"; \
 	done
 	$(BIN)/python scripts/render_figures.py
 	@echo "results: data/results/   figures (HTML, PNG, SVG): data/results/<model>/figures/   executed notebooks: build/executed/   HTML: build/html/"

@@ -17,7 +17,7 @@ from monosem.paths import ModelPaths
 from monosem.results import export_feature_json, export_feature_page
 from monosem.sae.base import SAE
 from monosem.stats import word_data
-from monosem.viz.widgets import LayerFeatureWidget
+from monosem.viz.widgets import LayerFeatureWidget, figure_update
 
 
 @torch.inference_mode()
@@ -253,7 +253,7 @@ class FeatureDashboard(LayerFeatureWidget):
 
     def _render(self) -> None:
         fig = fig_dashboard(self.data)
-        with self.figure.batch_update():
+        with figure_update(self.figure):
             self.figure.data = []
             self.figure.layout = fig.layout
             for tr in fig.data:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -10,14 +11,32 @@ import pandas as pd
 from monosem.dataset import CATEGORIES
 from monosem.selectivity import check_threshold
 
-EXPORT_RENDERER = "plotly_mimetype+notebook"
+EXPORT_RENDERER = "plotly_mimetype+monosem_notebook"
+MATHJAX_FROM_CDN = re.compile(r'<script src="https?://[^"]*mathjax[^"]*"></script>', re.I)
+
+
+def _offline_notebook_renderer():
+    """plotly's ``notebook`` renderer (plotly.js inlined once per notebook) without the MathJax script that it loads
+    from a CDN beside every figure: the series' figures have no LaTeX, and an export must make no network request."""
+    import plotly.io as pio
+    from plotly.io._base_renderers import NotebookRenderer
+
+    class OfflineNotebookRenderer(NotebookRenderer):
+        def to_mimebundle(self, fig_dict):
+            bundle = super().to_mimebundle(fig_dict)
+            bundle["text/html"] = MATHJAX_FROM_CDN.sub("", bundle["text/html"])
+            return bundle
+
+    return OfflineNotebookRenderer(config=dict(pio.renderers["notebook"].config))
 
 
 def use_export_renderer() -> None:
     """Make ``fig.show()`` emit the plotly JSON (JupyterLab draws it) *and* an HTML fallback, with plotly.js inlined once
-    per notebook, so that nbconvert's HTML exports show every figure with no request to the network."""
+    per notebook and no MathJax from a CDN, so that nbconvert's HTML exports show every figure with no request to the network."""
     import plotly.io as pio
 
+    if "monosem_notebook" not in pio.renderers:
+        pio.renderers["monosem_notebook"] = _offline_notebook_renderer()
     if pio.renderers.default != EXPORT_RENDERER:
         pio.renderers.default = EXPORT_RENDERER
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
+from contextlib import contextmanager
+from copy import deepcopy
 from typing import Any, cast
 
 import pandas as pd
@@ -10,6 +13,18 @@ import pandas as pd
 from monosem.config import MonosemError
 from monosem.selectivity import check_threshold, monosemantic, top_words
 from monosem.viz.figures import selectivity_hist_data
+
+
+@contextmanager
+def figure_update(figure: Any) -> Iterator[Any]:
+    """Batch the edits of a plotly ``FigureWidget``, then store the edited figure in the widget's own state, as plotly
+    does when a figure widget is displayed alone. Edits reach the browser as messages that saved widget state does not
+    keep, so without this an HTML export (or "save widget state") would draw a figure inside a box of widgets as it
+    was when first shown: empty bars, no title."""
+    with figure.batch_update():
+        yield figure
+    figure._widget_data = deepcopy(figure._data)
+    figure._widget_layout = deepcopy(figure._layout_obj._props)
 
 
 def explorer_view(tables: dict[int, pd.DataFrame], layer: int, threshold: float, max_listed: int = 30) -> dict[str, Any]:
@@ -70,7 +85,7 @@ class SelectivityExplorer:
 
     def _on_change(self, change=None) -> None:
         v = explorer_view(self.tables, self.layer.value, self.threshold.value)
-        with self.figure.batch_update():
+        with figure_update(self.figure):
             traces: Any = self.figure.data
             for trace, d in zip(traces, v["hists"].values()):
                 trace.x, trace.y, trace.width = d["x"], d["y"], d["width"]
@@ -141,7 +156,7 @@ class WordExplorer(LayerFeatureWidget):
 
     def _render(self) -> None:
         v = word_explorer_view(self.wms, self.df, self.layer.value, int(cast(int, self.feature.value)))
-        with self.figure.batch_update():
+        with figure_update(self.figure):
             self.figure.data[0].x, self.figure.data[0].y = v["words"], v["values"]
             self.figure.data[0].hovertext = v["concepts"]
             self.figure.layout.title = f"{self.model_name}, layer {self.layer.value}, feature {self.feature.value}: top words"

