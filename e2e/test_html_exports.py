@@ -25,12 +25,13 @@ EXECUTED = sorted((ROOT / "build" / "executed").glob("0*.ipynb"))
 PLOTLY = "application/vnd.plotly.v1+json"
 VIEW = "application/vnd.jupyter.widget-view+json"
 
-# What the page shows once loaded: each plot's traces and points and title, the widget views drawn (the widget manager
+# What the page shows once loaded: each plot's traces, points (of its visible traces, arrays decoded) and title, the widget views drawn (the widget manager
 # puts each view in a .widget-subarea just before its <script> tag) and the explorer's count line.
 PAGE_STATE = """() => ({
   plots: [...document.querySelectorAll('.js-plotly-plot')].map(el => ({
     traces: (el.data || []).length,
-    points: (el.data || []).reduce((n, t) => n + Math.max((t.x || []).length, (t.y || []).length, (t.z || []).length, (t.values || []).length), 0),
+    points: (el._fullData || []).filter(t => t.visible !== false).reduce((n, t) =>
+      n + Math.max((t.x || []).length, (t.y || []).length, (t.z || []).length, (t.values || []).length), 0),
     title: ((el.layout || {}).title || {}).text || ''})),
   views: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length,
   drawn: [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')].filter(s =>

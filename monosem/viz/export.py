@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from monosem.config import MonosemError
 from monosem.io import atomic_dir, atomic_write_text
@@ -119,6 +120,41 @@ def copy_widget_js(source: Path, out_dir: Path) -> Path:
     return Path(out_dir) / ASSETS_FOLDER
 
 
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def drop_stale_buffers(nb: Any) -> int:
+    """Remove the binary buffers of a notebook's saved widget state that no longer belong to the state; returns how
+    many. nbclient keeps each buffer by its path until another buffer replaces it, also after a later update replaced
+    the value that held it (plotly's ``_py2js_addTraces`` message with numpy arrays, then ``None``). The widget manager
+    then fails to put the buffer back ("Cannot read properties of null") and draws none of the notebook's widgets. A
+    buffer belongs where its path, less the last key, leads to a dict that lacks that key (the slot it fills)."""
+    dropped = 0
+    for model in nb.get("metadata", {}).get("widgets", {}).get(WIDGET_STATE, {}).get("state", {}).values():
+        buffers = model.get("buffers")
+        if not buffers:
+            continue
+        kept = [b for b in buffers if _buffer_slot_open(model.get("state", {}), b["path"])]
+        dropped += len(buffers) - len(kept)
+        if kept:
+            model["buffers"] = kept
+        else:
+            del model["buffers"]
+    return dropped
+
+
+def _buffer_slot_open(state: Any, path: Sequence[Any]) -> bool:
+    node = state
+    for key in path[:-1]:
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
+            node = node[key]
+        else:
+            return False
+    return isinstance(node, dict) and path[-1] not in node
+
+
 def html_exporter(offline: bool):
     """nbconvert's HTMLExporter: with ``offline``, the ``monosem_offline`` template (every script from ``widgets/``, no
     MathJax); without, nbconvert's lab template (widgets from its CDN)."""
@@ -134,6 +170,8 @@ def export_notebooks(executed: Sequence[Path], out_dir: Path, widget_js: Path | 
     """Write ``out_dir/<name>.html`` for each executed notebook (atomically) and, when the widget manager was fetched
     (``widget_js``, default ``default_widget_js_dir()``), ``out_dir/widgets/`` so that they draw offline. Returns the
     HTML paths and whether they are offline; without the widget manager they load it from nbconvert's CDN."""
+    import nbformat
+
     widget_js = Path(widget_js or default_widget_js_dir())
     offline = widget_js_ready(widget_js)
     out_dir = Path(out_dir)
@@ -145,6 +183,9 @@ def export_notebooks(executed: Sequence[Path], out_dir: Path, widget_js: Path | 
     exporter = html_exporter(offline)
     written = []
     for path in map(Path, executed):
-        body, _ = exporter.from_filename(str(path), resources={"widgets_folder": ASSETS_FOLDER})
+        nb = nbformat.read(path, as_version=4)
+        if dropped := drop_stale_buffers(nb):
+            log.info("%s: %d stale widget buffers dropped", path.name, dropped)
+        body, _ = exporter.from_notebook_node(nb, resources={"widgets_folder": ASSETS_FOLDER, "metadata": {"name": path.stem}})
         written.append(atomic_write_text(out_dir / f"{path.stem}.html", body))
     return written, offline

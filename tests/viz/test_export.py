@@ -150,3 +150,20 @@ def test_fetch_without_npm_says_how_to_get_it(tmp_path):
     with pytest.raises(MonosemError, match="npm"):
         fetch_widget_js(tmp_path / "widgets", npm="/no/such/npm")
     assert not (tmp_path / "widgets").exists()
+
+
+def test_stale_widget_buffers_are_dropped_and_live_ones_kept():
+    """nbclient keeps a buffer after a later update replaced the value that held it; the export drops exactly those."""
+    from monosem.viz.export import WIDGET_STATE, drop_stale_buffers
+
+    state = {"_py2js_addTraces": None, "_widget_data": [{"x": {"dtype": "float64", "shape": [3]}, "y": [1, 2, 3]}], "_widget_layout": {}}
+    buffers = [{"path": ["_py2js_addTraces", "trace_data", 0, "x", "buffer"], "data": "AAAA", "encoding": "base64"},  # value now None
+               {"path": ["_widget_data", 0, "x", "buffer"], "data": "AAAA", "encoding": "base64"},  # fills the open slot
+               {"path": ["_widget_data", 0, "y", "buffer"], "data": "AAAA", "encoding": "base64"},  # y is a list now
+               {"path": ["_widget_data", 3, "x", "buffer"], "data": "AAAA", "encoding": "base64"}]  # no trace 3
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["widgets"] = {WIDGET_STATE: {"state": {"fig": {"state": state, "buffers": buffers}, "other": {"state": {"value": 1}}}}}
+    assert drop_stale_buffers(nb) == 3
+    assert nb.metadata["widgets"][WIDGET_STATE]["state"]["fig"]["buffers"] == [buffers[1]]
+    nb.metadata["widgets"][WIDGET_STATE]["state"]["fig"]["state"]["_widget_data"][0]["x"]["buffer"] = "filled"  # a filled slot is not open
+    assert drop_stale_buffers(nb) == 1 and "buffers" not in nb.metadata["widgets"][WIDGET_STATE]["state"]["fig"]
