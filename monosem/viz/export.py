@@ -1,5 +1,8 @@
-"""HTML exports of executed notebooks that draw offline: figures, and widgets from their saved state.
+"""Executed notebooks whose saved widget state draws, and their HTML exports that draw offline.
 
+``execute_notebook`` runs a notebook as nbconvert does, but keeps the saved widget state consistent (nbclient keeps a
+widget's binary buffer after a later update replaced the value that held it; the widget manager then fails to draw
+any widget of the notebook). ``drop_stale_buffers`` repairs what other executors saved, as far as it can be told.
 nbconvert's HTML loads require.js, the widget manager (``@jupyter-widgets/html-manager``), MathJax and third-party
 widget code (``anywidget``, under plotly's ``FigureWidget``) from public CDNs, so offline the widgets of an export stay
 blank. Here the export loads each from a folder ``widgets/`` beside the HTML files: require.js and the widget manager
@@ -70,14 +73,21 @@ def fetch_widget_js(folder: Path | None = None, npm: str = "npm") -> Path:
         done = subprocess.run([npm, "pack", "--json", "--pack-destination", tmp, *specs], capture_output=True, text=True, cwd=tmp)
         if done.returncode != 0:
             raise MonosemError(f"`npm pack {' '.join(specs)}` failed ({done.stderr.strip()[-500:]}); check that npm reaches its registry, then {FETCH_FIX}")
-        packed = json.loads(done.stdout)
-        with atomic_dir(folder) as staging:
-            for (name, version, integrity, patterns), entry in zip(WIDGET_JS_PACKAGES, packed):
-                if entry.get("integrity") != integrity:
-                    raise MonosemError(f"{name}@{version} from the registry has integrity {entry.get('integrity')}, not the pinned {integrity}: "
-                                       "refusing it; check your npm registry setting")
-                _unpack(Path(tmp) / entry["filename"], patterns, staging, name)
-            (staging / "versions.json").write_text(json.dumps(_pinned(), indent=2), encoding="utf-8")
+        try:
+            packed = json.loads(done.stdout)
+            if not isinstance(packed, list) or len(packed) != len(WIDGET_JS_PACKAGES):
+                raise ValueError(f"it lists {len(packed) if isinstance(packed, list) else 'no'} packages, not {len(WIDGET_JS_PACKAGES)}")
+            with atomic_dir(folder) as staging:
+                for (name, version, integrity, patterns), entry in zip(WIDGET_JS_PACKAGES, packed):
+                    if entry.get("integrity") != integrity:
+                        raise MonosemError(f"{name}@{version} from the registry has integrity {entry.get('integrity')}, not the pinned {integrity}: "
+                                           "refusing it; check your npm registry setting")
+                    _unpack(Path(tmp) / entry["filename"], patterns, staging, name)
+                (staging / "versions.json").write_text(json.dumps(_pinned(), indent=2), encoding="utf-8")
+        except MonosemError:
+            raise
+        except (ValueError, KeyError, TypeError, OSError, tarfile.TarError) as exc:
+            raise MonosemError(f"`npm pack {' '.join(specs)}` gave an answer that cannot be used ({exc}); {FETCH_FIX}") from None
     log.info("widget manager for offline HTML exports in %s", folder)
     return folder
 
@@ -123,12 +133,46 @@ def copy_widget_js(source: Path, out_dir: Path) -> Path:
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 
+def widget_state_executor(**settings: Any):
+    """nbconvert's ``ExecutePreprocessor`` (``settings``: timeout, kernel_name, ...) whose saved widget state keeps no
+    stale buffer: an update message replaces each top-level value it names whole, so the buffers stored under those
+    names go with it. (nbclient keeps each buffer by its path until another buffer replaces it: after plotly's
+    ``_py2js_addTraces`` message with numpy arrays, then ``None``, the widget manager fails to put the buffer back,
+    "Cannot read properties of null", and draws none of the notebook's widgets.)"""
+    from nbconvert.preprocessors import ExecutePreprocessor
+
+    class WidgetStateExecutor(ExecutePreprocessor):
+        def handle_comm_msg(self, outs, msg, cell_index):
+            data = msg["content"]["data"]
+            stored = self.widget_buffers.get(msg["content"]["comm_id"])
+            if self.store_widget_state and stored and isinstance(data.get("state"), dict):
+                for path in [p for p in stored if p[0] in data["state"]]:
+                    del stored[path]
+            super().handle_comm_msg(outs, msg, cell_index)
+
+    return WidgetStateExecutor(**settings)
+
+
+def execute_notebook(source: Path, out_dir: Path, timeout: int = 14400) -> Path:
+    """Run ``source`` in a fresh kernel from its own folder (as ``jupyter nbconvert --execute`` does) and write
+    ``out_dir/<name>.ipynb`` atomically, with the widgets' saved state (``widget_state_executor``); a failing cell
+    raises nbclient's ``CellExecutionError`` and writes nothing."""
+    import nbformat
+
+    source = Path(source)
+    if not source.is_file():
+        raise MonosemError(f"notebook {source} not found; the series is notebooks/0*.ipynb")
+    nb = nbformat.read(source, as_version=4)
+    widget_state_executor(timeout=timeout).preprocess(nb, {"metadata": {"path": str(source.parent.resolve())}})
+    return atomic_write_text(Path(out_dir) / source.name, nbformat.writes(nb))
+
+
 def drop_stale_buffers(nb: Any) -> int:
-    """Remove the binary buffers of a notebook's saved widget state that no longer belong to the state; returns how
-    many. nbclient keeps each buffer by its path until another buffer replaces it, also after a later update replaced
-    the value that held it (plotly's ``_py2js_addTraces`` message with numpy arrays, then ``None``). The widget manager
-    then fails to put the buffer back ("Cannot read properties of null") and draws none of the notebook's widgets. A
-    buffer belongs where its path, less the last key, leads to a dict that lacks that key (the slot it fills)."""
+    """Remove the binary buffers of a notebook's saved widget state that can be told not to belong to it any more;
+    returns how many. For notebooks run by another executor than ``execute_notebook`` (see ``widget_state_executor``
+    for why they occur). A buffer belongs where its path, less the last key, leads to a dict that lacks that key or a
+    list whose item there is ``None`` (the slot ipywidgets left for it); a stale buffer whose slot is still open (a
+    dict key renamed) cannot be told apart and stays."""
     dropped = 0
     for model in nb.get("metadata", {}).get("widgets", {}).get(WIDGET_STATE, {}).get("state", {}).values():
         buffers = model.get("buffers")
@@ -152,7 +196,10 @@ def _buffer_slot_open(state: Any, path: Sequence[Any]) -> bool:
             node = node[key]
         else:
             return False
-    return isinstance(node, dict) and path[-1] not in node
+    last = path[-1]
+    if isinstance(node, dict):
+        return last not in node
+    return isinstance(node, list) and isinstance(last, int) and 0 <= last < len(node) and node[last] is None
 
 
 def html_exporter(offline: bool):

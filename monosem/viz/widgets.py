@@ -20,11 +20,16 @@ def figure_update(figure: Any) -> Iterator[Any]:
     """Batch the edits of a plotly ``FigureWidget``, then store the edited figure in the widget's own state, as plotly
     does when a figure widget is displayed alone. Edits reach the browser as messages that saved widget state does not
     keep, so without this an HTML export (or "save widget state") would draw a figure inside a box of widgets as it
-    was when first shown: empty bars, no title."""
-    with figure.batch_update():
-        yield figure
-    figure._widget_data = deepcopy(figure._data)
-    figure._widget_layout = deepcopy(figure._layout_obj._props)
+    was when first shown: empty bars, no title. Not inside another ``batch_update`` (its edits are sent at its end)."""
+    if getattr(figure, "_in_batch_mode", False):
+        raise ValueError("figure_update inside figure.batch_update(): its edits are sent when the outer batch ends; "
+                         "use figure_update alone")
+    try:
+        with figure.batch_update():
+            yield figure
+    finally:  # plotly sends the edits made before an exception too
+        figure._widget_data = deepcopy(figure._data)
+        figure._widget_layout = deepcopy(figure._layout_obj._props)
 
 
 def explorer_view(tables: dict[int, pd.DataFrame], layer: int, threshold: float, max_listed: int = 30) -> dict[str, Any]:

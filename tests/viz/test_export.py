@@ -167,3 +167,82 @@ def test_stale_widget_buffers_are_dropped_and_live_ones_kept():
     assert nb.metadata["widgets"][WIDGET_STATE]["state"]["fig"]["buffers"] == [buffers[1]]
     nb.metadata["widgets"][WIDGET_STATE]["state"]["fig"]["state"]["_widget_data"][0]["x"]["buffer"] = "filled"  # a filled slot is not open
     assert drop_stale_buffers(nb) == 1 and "buffers" not in nb.metadata["widgets"][WIDGET_STATE]["state"]["fig"]
+
+
+BUFFERS_NOTEBOOK = """import anywidget, numpy as np, plotly.graph_objects as go, traitlets
+class Blobs(anywidget.AnyWidget):
+    _esm = "export default { render() {} }"
+    data = traitlets.List().tag(sync=True)
+    blob = traitlets.Dict().tag(sync=True)
+w = Blobs()
+display(w)
+w.data = [b"ab", b"cd"]
+w.blob = {"a": b"x"}
+w.blob = {"b": b"yyy"}  # replaces the dict whole: the buffer of "a" is stale
+fig = go.FigureWidget()
+display(fig)
+fig.add_trace(go.Bar(x=np.arange(3.0), y=np.ones(3)))  # _py2js_addTraces with numpy buffers, then None"""
+
+
+def saved_buffer_paths(nb) -> dict[str, list]:
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    return {m["model_name"] + ":" + m["state"].get("_anywidget_id", ""): sorted(map(tuple, (b["path"] for b in m.get("buffers", [])))) for m in state.values()
+            if m.get("buffers")}
+
+
+def test_execute_notebook_saves_no_stale_widget_buffers(tmp_path):
+    """Executed as make run does, a notebook keeps exactly the buffers of its widgets' final state; nbconvert's own
+    executor keeps stale ones (the reason for widget_state_executor), which drop_stale_buffers removes where it can."""
+    from nbconvert.preprocessors import ExecutePreprocessor
+
+    from monosem.viz.export import drop_stale_buffers, execute_notebook
+
+    source = tmp_path / "nb" / "01_buffers.ipynb"
+    source.parent.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(BUFFERS_NOTEBOOK)]), source)
+    ours = nbformat.read(execute_notebook(source, tmp_path / "executed", timeout=120), as_version=4)
+    assert not [o for o in ours.cells[0].outputs if o.get("name") == "stderr" or o.output_type == "error"], ours.cells[0].outputs
+    paths = saved_buffer_paths(ours)
+    blobs = next(v for k, v in paths.items() if k.endswith("Blobs"))
+    figure = next(v for k, v in paths.items() if k.endswith("FigureWidget"))
+    assert blobs == [("blob", "b"), ("data", 0), ("data", 1)]
+    assert figure and all(p[0] != "_py2js_addTraces" for p in figure), figure
+    assert drop_stale_buffers(ours) == 0  # nothing left to repair, and the list slots (None) are kept
+
+    stock = nbformat.read(source, as_version=4)
+    ExecutePreprocessor(timeout=120).preprocess(stock, {"metadata": {"path": str(source.parent)}})
+    stale = saved_buffer_paths(stock)
+    assert any(p[0] == "_py2js_addTraces" for v in stale.values() for p in v), "nbclient no longer keeps stale buffers: drop the workaround"
+    assert drop_stale_buffers(stock) >= 2  # the two addTraces arrays; the renamed dict key ("a") cannot be told apart
+
+
+def test_execute_notebook_of_a_failing_cell_writes_nothing(tmp_path):
+    from nbclient.exceptions import CellExecutionError
+
+    from monosem.viz.export import execute_notebook
+
+    source = tmp_path / "01_fails.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("raise RuntimeError('boom')")]), source)
+    with pytest.raises(CellExecutionError, match="boom"):
+        execute_notebook(source, tmp_path / "executed", timeout=60)
+    assert not (tmp_path / "executed").exists() or not list((tmp_path / "executed").iterdir())
+    with pytest.raises(MonosemError, match="not found"):
+        execute_notebook(tmp_path / "nope.ipynb", tmp_path / "executed")
+
+
+@pytest.mark.parametrize("answer", ["not json", "[]", '[{"filename": "missing.tgz"}, {}]'])
+def test_fetch_with_an_unusable_npm_answer_is_an_error_that_writes_nothing(tmp_path, answer):
+    npm = tmp_path / "npm"
+    npm.write_text(f"#!/bin/sh\necho '{answer}'\n")
+    npm.chmod(0o755)
+    with pytest.raises(MonosemError, match="npm"):
+        fetch_widget_js(tmp_path / "widgets", npm=str(npm))
+    assert not (tmp_path / "widgets").exists() and not list(tmp_path.glob(".widgets*"))
+
+
+def test_a_corrupt_tarball_is_an_error_that_writes_nothing(tmp_path, fake_npm):
+    npm, _ = fake_npm
+    (tmp_path / "registry" / "requirejs.tgz").write_bytes(b"not a tarball")
+    with pytest.raises(MonosemError, match="cannot be used"):
+        fetch_widget_js(tmp_path / "widgets", npm=npm)
+    assert not (tmp_path / "widgets").exists() and not list(tmp_path.glob(".widgets*"))

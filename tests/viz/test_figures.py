@@ -21,3 +21,20 @@ def test_figure2_is_one_figure_with_a_layer_menu_best_feature_on_top_and_words_g
     np.testing.assert_array_equal(fig.data[0].z[0], wms[0].loc[shown, 12].to_numpy())  # row f12 of layer 0, columns in the shown order
     buttons = fig.layout.updatemenus[0].buttons
     assert [b.label for b in buttons] == ["layer 0", "layer 3"] and buttons[1].args[0]["visible"] == [False, True]
+
+
+def test_the_notebook_renderer_loads_nothing_from_the_network():
+    """The HTML fallback of every figure (what nbconvert's exports show) has plotly's markup and no script from a CDN:
+    plotly's notebook renderer adds MathJax from cdnjs beside every figure, which the series' renderer removes."""
+    import re
+
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    import monosem.viz.figures as figures
+
+    assert pio.renderers.default == figures.EXPORT_RENDERER
+    fig = go.Figure(go.Bar(y=[1, 2]), layout_title_text="t").to_dict()
+    assert re.search(r'<script src="https?://', pio.renderers["notebook"].to_mimebundle(fig)["text/html"]), "plotly no longer adds a CDN script: drop the renderer"
+    html = pio.renderers["monosem_notebook"].to_mimebundle(fig)["text/html"]
+    assert "plotly-graph-div" in html and not re.search(r"<script[^>]+src=[\"']?https?://", html)

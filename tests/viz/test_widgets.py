@@ -102,3 +102,18 @@ def test_one_count_of_selective_features_in_summary_lines_explorer_figure_1_and_
         assert explorer_view(tables, L, 0.6)["count_selective"] == n
         assert int(sum(red[i].y)) == n
         assert f"Layer {L}, topk SAE (40 features, its training budget): {n} selective" in sentences
+
+
+def test_figure_update_refuses_an_outer_batch_and_keeps_the_state_after_an_error():
+    import plotly.graph_objects as go
+
+    from monosem.viz.widgets import figure_update
+
+    fig = go.FigureWidget(go.Bar(y=[1, 2]))
+    with fig.batch_update(), pytest.raises(ValueError, match="batch_update"):
+        with figure_update(fig):
+            pass
+    with pytest.raises(RuntimeError), figure_update(fig):
+        fig.data[0].y = (5, 6, 7)
+        raise RuntimeError("after an edit")
+    assert list(saved_figure(fig)["data"][0]["y"]) == [5, 6, 7]  # plotly sent the edit; the saved state has it too
