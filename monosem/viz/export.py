@@ -3,12 +3,13 @@
 ``execute_notebook`` runs a notebook as nbconvert does, but keeps the saved widget state consistent (nbclient keeps a
 widget's binary buffer after a later update replaced the value that held it; the widget manager then fails to draw
 any widget of the notebook). ``drop_stale_buffers`` repairs what other executors saved, as far as it can be told.
+
 nbconvert's HTML loads require.js, the widget manager (``@jupyter-widgets/html-manager``), MathJax and third-party
 widget code (``anywidget``, under plotly's ``FigureWidget``) from public CDNs, so offline the widgets of an export stay
 blank. Here the export loads each from a folder ``widgets/`` beside the HTML files: require.js and the widget manager
 come from the npm registry once (``fetch_widget_js``, run by ``make setup``, pinned versions), anywidget's AMD build
-from the installed ``anywidget`` package (so it always matches the kernel's), and MathJax is left out (the notebooks
-have no math). The folder of exports then opens anywhere, with no request to the network.
+from the installed ``anywidget`` package (so it always matches the kernel's), and MathJax and mermaid are left out
+(the notebooks have neither). The folder of exports then opens anywhere, with no request to the network.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ ASSETS_FOLDER = "widgets"  # beside the HTML files; the exports refer to it by t
 TEMPLATE = Path(__file__).with_name("templates")
 REQUIRED = ("require.js", "embed-amd.js")
 FETCH_FIX = "run `make setup` (it needs npm: Debian's package `npm`, or Node.js from nodejs.org)"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"  # where a notebook's metadata keeps its widgets' saved state
 
 
 def default_widget_js_dir() -> Path:
@@ -130,9 +132,6 @@ def copy_widget_js(source: Path, out_dir: Path) -> Path:
     return Path(out_dir) / ASSETS_FOLDER
 
 
-WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
-
-
 def widget_state_executor(**settings: Any):
     """nbconvert's ``ExecutePreprocessor`` (``settings``: timeout, kernel_name, ...) whose saved widget state keeps no
     stale buffer: an update message replaces each top-level value it names whole, so the buffers stored under those
@@ -204,7 +203,7 @@ def _buffer_slot_open(state: Any, path: Sequence[Any]) -> bool:
 
 def html_exporter(offline: bool):
     """nbconvert's HTMLExporter: with ``offline``, the ``monosem_offline`` template (every script from ``widgets/``, no
-    MathJax); without, nbconvert's lab template (widgets from its CDN)."""
+    MathJax or mermaid); without, nbconvert's lab template (widgets from its CDN)."""
     from nbconvert import HTMLExporter
 
     if not offline:
