@@ -83,7 +83,9 @@ def outputs_with(nb, mimetype: str) -> int:
 
 def figure_widgets(nb) -> int:
     """The plotly FigureWidgets in a notebook's saved widget state."""
-    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    from monosem.viz.export import WIDGET_STATE
+
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     return sum(m.get("state", {}).get("_anywidget_id", "").endswith("FigureWidget") for m in state.values())
 
 

@@ -18,10 +18,9 @@ import pytest
 
 from monosem.config import MonosemError
 from monosem.viz import export
-from monosem.viz.export import ASSETS_FOLDER, export_notebooks, fetch_widget_js, widget_js_ready
+from monosem.viz.export import ASSETS_FOLDER, WIDGET_STATE, drop_stale_buffers, export_notebooks, fetch_widget_js, widget_js_ready
 
 VIEW = "application/vnd.jupyter.widget-view+json"
-STATE = "application/vnd.jupyter.widget-state+json"
 
 
 def widget_notebook(path: Path) -> Path:
@@ -32,7 +31,7 @@ def widget_notebook(path: Path) -> Path:
         nbformat.v4.new_output("display_data", data={VIEW: {"version_major": 2, "version_minor": 0, "model_id": "m1"}, "text/plain": "HTML()"}),
     ])
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"), cell])
-    nb.metadata["widgets"] = {STATE: {"version_major": 2, "version_minor": 0, "state": {"m1": model}}}
+    nb.metadata["widgets"] = {WIDGET_STATE: {"version_major": 2, "version_minor": 0, "state": {"m1": model}}}
     nbformat.write(nb, path)
     return path
 
@@ -61,7 +60,7 @@ def test_offline_export_loads_every_script_from_the_widgets_folder(tmp_path):
     assert not [s for s in sources if "//" in s], f"scripts from the network: {sources}"
     assert "mathjax" not in page.lower().split("<body")[0], "MathJax is loaded from a CDN"
     assert f'"anywidget": "{ASSETS_FOLDER}/anywidget"' in page  # plotly's FigureWidget needs anywidget's AMD build
-    assert "7 selective" in page and STATE in page  # the saved state travels with the page
+    assert "7 selective" in page and WIDGET_STATE in page  # the saved state travels with the page
     shipped = {p.name for p in (out / ASSETS_FOLDER).iterdir()}
     assert {"require.js", "embed-amd.js", "fa.woff2", "anywidget.js"} <= shipped
     assert (out / ASSETS_FOLDER / "anywidget.js").read_text(encoding="utf-8").rstrip().endswith('define(["@jupyter-widgets/base"], widget_default);')
@@ -154,8 +153,6 @@ def test_fetch_without_npm_says_how_to_get_it(tmp_path):
 
 def test_stale_widget_buffers_are_dropped_and_live_ones_kept():
     """nbclient keeps a buffer after a later update replaced the value that held it; the export drops exactly those."""
-    from monosem.viz.export import WIDGET_STATE, drop_stale_buffers
-
     state = {"_py2js_addTraces": None, "_widget_data": [{"x": {"dtype": "float64", "shape": [3]}, "y": [1, 2, 3]}], "_widget_layout": {}}
     buffers = [{"path": ["_py2js_addTraces", "trace_data", 0, "x", "buffer"], "data": "AAAA", "encoding": "base64"},  # value now None
                {"path": ["_widget_data", 0, "x", "buffer"], "data": "AAAA", "encoding": "base64"},  # fills the open slot
@@ -185,7 +182,7 @@ fig.add_trace(go.Bar(x=np.arange(3.0), y=np.ones(3)))  # _py2js_addTraces with n
 
 
 def saved_buffer_paths(nb) -> dict[str, list]:
-    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    state = nb.metadata["widgets"][WIDGET_STATE]["state"]
     return {m["model_name"] + ":" + m["state"].get("_anywidget_id", ""): sorted(map(tuple, (b["path"] for b in m.get("buffers", [])))) for m in state.values()
             if m.get("buffers")}
 
@@ -195,7 +192,7 @@ def test_execute_notebook_saves_no_stale_widget_buffers(tmp_path):
     executor keeps stale ones (the reason for widget_state_executor), which drop_stale_buffers removes where it can."""
     from nbconvert.preprocessors import ExecutePreprocessor
 
-    from monosem.viz.export import drop_stale_buffers, execute_notebook
+    from monosem.viz.export import execute_notebook
 
     source = tmp_path / "nb" / "01_buffers.ipynb"
     source.parent.mkdir()
