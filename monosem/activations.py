@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from monosem.config import POOLINGS, TOKEN_DTYPES, MonosemError
+from monosem.layouts import first_token_id
 from monosem.model import check_layers, get_blocks, mlp_module
 
 
@@ -35,12 +36,13 @@ def encode_examples(tokenizer: Any, sentences: Sequence[str], spans: Sequence[tu
                     max_length: int | None = None) -> list[Encoded]:
     """Tokenise texts and mark the tokens that overlap each word's character span (``spans`` None: no word).
 
-    When the tokenizer adds no special token at the start (GPT-2) and ``prepend_bos``, its BOS
-    token is prepended; special tokens are left out of training and analysis.
+    When the tokenizer adds no special token at the start (GPT-2, SmolLM2) and ``prepend_bos``, the
+    document separator is prepended (``monosem.layouts.first_token_id``: ``<|endoftext|>`` where the
+    vocabulary has it, else the BOS token); special tokens are left out of training and analysis.
     """
     enc = tokenizer(list(sentences), return_offsets_mapping=True, return_special_tokens_mask=True, add_special_tokens=True,
                     truncation=max_length is not None, max_length=max_length)
-    bos = getattr(tokenizer, "bos_token_id", None)
+    bos = first_token_id(tokenizer) if prepend_bos else None
     out = []
     for i in range(len(sentences)):
         ids, offs, special = enc["input_ids"][i], enc["offset_mapping"][i], enc["special_tokens_mask"][i]
@@ -94,7 +96,8 @@ class _StopForward(Exception):
 @torch.inference_mode()
 def run_layers(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, layers: Sequence[int], mlp: bool = False) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
     """Residual stream after each block in ``layers`` ({L: [batch, seq, d_model]}) and, with ``mlp``, the
-    MLP post-activations of those blocks ({L: [batch, seq, d_mlp]}); the forward stops after the deepest block."""
+    MLP neurons of those blocks, the input of each MLP's output projection ({L: [batch, seq, d_mlp]}; a gated
+    MLP's ``act(gate) * up``); the forward stops after the deepest block."""
     blocks = get_blocks(model)
     deepest = max(layers)
     resid: dict[int, Tensor] = {}
@@ -109,14 +112,14 @@ def run_layers(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, laye
         return fn
 
     def mlp_hook(layer: int):
-        def fn(module, args, output):
-            neurons[layer] = output
+        def fn(module, args):
+            neurons[layer] = args[0]
 
         return fn
 
     handles = [blocks[L].register_forward_hook(block_hook(L)) for L in layers]
     if mlp:
-        handles += [mlp_module(blocks[L]).register_forward_hook(mlp_hook(L)) for L in layers]
+        handles += [mlp_module(model, blocks[L]).register_forward_pre_hook(mlp_hook(L)) for L in layers]
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     except _StopForward:

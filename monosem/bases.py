@@ -18,7 +18,7 @@ import torch
 from monosem.cache import ActivationCache
 from monosem.controls import random_control_caches
 from monosem.criterion import Criterion
-from monosem.model import ModelSpec
+from monosem.model import ModelSpec, mlp_signed
 from monosem.paths import ModelPaths
 from monosem.runtime import default_workers, parallel_map
 from monosem.sae.base import SAE
@@ -82,12 +82,18 @@ class ResidualBasis(Basis):
 
 
 class MLPBasis(Basis):
-    """The MLP neurons of block L (post-activation; GELU's small negative part clipped at 0)."""
+    """The MLP neurons of block L, the input of the MLP's output projection. GPT-2 / BERT (GELU): one unit per neuron,
+    GELU's small negative part clipped at 0. A gated MLP (``signed``: Llama-style ``act(gate) * up``, as negative as
+    positive): each neuron split into its positive and negative part (2 * d_mlp units), as the residual stream."""
 
     name = "MLP neurons"
 
+    def __init__(self, signed: bool = False):
+        self.signed = signed
+
     def activations(self, cache: ActivationCache, layer: int, pooling: str = "mean") -> tuple[np.ndarray, np.ndarray]:
-        acts = cache.mlp(layer, pooling).clamp(min=0).numpy()
+        x = cache.mlp(layer, pooling)
+        acts = (torch.cat([x.clamp(min=0), (-x).clamp(min=0)], 1) if self.signed else x.clamp(min=0)).numpy()
         return acts, np.asarray((acts > 0).any(0), dtype=bool)
 
 
@@ -109,11 +115,11 @@ def untrained_sae_basis(mp: ModelPaths, preset: str, train_caches: Sequence[Acti
 
 
 def standard_bases(mp: ModelPaths, presets: Sequence[str], train_caches: Sequence[ActivationCache], seed: int = 0,
-                   overrides: dict[str, dict[str, Any]] | None = None) -> list[Basis]:
-    """Each trained preset, the residual stream, the MLP neurons and each preset's untrained SAE (with the preset's
-    ``overrides``, so it has the trained SAE's width), in that order."""
+                   overrides: dict[str, dict[str, Any]] | None = None, mlp_signed: bool = False) -> list[Basis]:
+    """Each trained preset, the residual stream, the MLP neurons (``mlp_signed``: a gated MLP's, split ±) and each preset's
+    untrained SAE (with the preset's ``overrides``, so it has the trained SAE's width), in that order."""
     overrides = overrides or {}
-    return [*(trained_sae_basis(mp, p) for p in presets), ResidualBasis(), MLPBasis(),
+    return [*(trained_sae_basis(mp, p) for p in presets), ResidualBasis(), MLPBasis(mlp_signed),
             *(untrained_sae_basis(mp, p, train_caches, seed, **overrides.get(p, {})) for p in presets)]
 
 
@@ -206,7 +212,7 @@ def random_control_bases(data: Path, spec: ModelSpec, df: pd.DataFrame, layers: 
     saes = {L: train_sae(TokenSource.from_caches([background], L), preset, steps, batch_size, seed, progress=False, device=device, **overrides)[0]
             for L in layers}
     return [OnCache(f"{CONTROL_NAME}: SAE ({preset})", SAEBasis(f"SAE ({preset})", saes.__getitem__, preset), concepts),
-            OnCache(f"{CONTROL_NAME}: residual ±", ResidualBasis(), concepts), OnCache(f"{CONTROL_NAME}: MLP neurons", MLPBasis(), concepts)]
+            OnCache(f"{CONTROL_NAME}: residual ±", ResidualBasis(), concepts), OnCache(f"{CONTROL_NAME}: MLP neurons", MLPBasis(mlp_signed(spec)), concepts)]
 
 
 def best_preset(scorecard: pd.DataFrame, presets: Sequence[str], exclude: Sequence[str] = ("reference",)) -> str:

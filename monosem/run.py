@@ -20,6 +20,7 @@ from monosem.config import CODE_VERSION, EXTERNAL_PRESET, MonosemError, RunConfi
 from monosem.corpus import StoredCorpus, open_corpus
 from monosem.dataset import dataset_hash, load_concepts
 from monosem.io import read_json, write_json
+from monosem.massive import massive_thresholds, norms_of_caches
 from monosem.model import ModelSpec, model_config
 from monosem.paths import ModelPaths, manifest_path, model_paths
 from monosem.sae.saelens import import_saes
@@ -83,6 +84,11 @@ class Run:
     def corpus_title(self) -> str:
         """The corpus's name for titles and summaries, e.g. 'WordNet 3.0 glosses'."""
         return self.corpus.spec.title
+
+    def massive_norms(self) -> dict[int, float] | None:
+        """Per layer, the norm above which a token is a massive activation: ``MONOSEM_MASSIVE_FACTOR`` x the median token
+        norm of the corpus sample (``monosem.massive``); None when the factor is 0."""
+        return massive_thresholds(norms_of_caches([self.background], self.layers), self.cfg.massive_factor)
 
     def fidelity_texts(self) -> list[str]:
         """The held-out texts of the downstream fidelity check: the first ``n_fidelity_texts`` of them."""

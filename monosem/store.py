@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from monosem.activations import CORPUS_MAX_LENGTH, encode_examples, length_batches, pad_batch, run_layers
 from monosem.config import MonosemError
 from monosem.io import hash_json
+from monosem.massive import massive_mask
 from monosem.model import check_layers, get_blocks
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,14 @@ log = logging.getLogger(__name__)
 class ActivationStore:
     """Residual-stream activations of ``layers`` over ``texts``, served in shuffled batches of tokens {layer: [batch, d_model]}.
 
-    Special tokens (BOS, [CLS], [SEP]) are left out. When training asks for more tokens than the
+    Special tokens (BOS, [CLS], [SEP]) are left out, and with ``massive`` ({layer: norm}) every token whose
+    norm exceeds it at any layer (``monosem.massive``). When training asks for more tokens than the
     corpus holds, the texts are run again in a new order (``epochs`` counts the passes started).
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, texts: Sequence[str], layers: Sequence[int], batch_size: int = 32,
                  buffer_tokens: int = 32768, seed: int = 0, device: torch.device | str = "cpu", max_length: int = CORPUS_MAX_LENGTH,
-                 chunk_size: int = 512):
+                 chunk_size: int = 512, massive: dict[int, float] | None = None):
         if not texts:
             raise MonosemError("the activation store got no texts; run notebooks/01_extract_activations.ipynb to build the corpus")
         self.model, self.tokenizer, self.texts = model, tokenizer, list(texts)
@@ -45,6 +47,8 @@ class ActivationStore:
         self.device, self.max_length, self.chunk_size = torch.device(device), max_length, chunk_size
         config: Any = model.config
         self.d_model = int(config.hidden_size)
+        self.massive = massive  # {layer: norm}: tokens above it at any layer are left out (monosem.massive); None: keep all
+        self.tokens_massive = 0  # tokens left out as massive activations
         self.epochs = 0  # passes over the texts started so far
         self.tokens_run = 0  # tokens the model has produced
         self.model_seconds = 0.0  # time spent tokenising and running the model
@@ -55,7 +59,8 @@ class ActivationStore:
         if self._texts_hash is None:
             self._texts_hash = hash_json(self.texts)
         return {"texts": self._texts_hash, "seed": self.seed, "model_batch": self.batch_size, "buffer_tokens": self.buffer_tokens,
-                "max_length": self.max_length, "chunk_size": self.chunk_size}
+                "max_length": self.max_length, "chunk_size": self.chunk_size,
+                "massive": {str(L): float(f"{v:.4g}") for L, v in self.massive.items()} if self.massive else None}
 
     def model_batches(self) -> Generator[dict[int, Tensor], None, None]:
         """Forever: each pass takes the texts in a new seeded order and yields, per forward batch, {layer: [n_tokens, d_model]}."""
@@ -76,6 +81,10 @@ class ActivationStore:
                     ids, attn, keep, _ = pad_batch(encoded, batch, pad_id)
                     resid, _ = run_layers(self.model, ids.to(self.device), attn.to(self.device), self.layers)
                     keep = keep.to(self.device)
+                    if self.massive:
+                        ordinary = keep & ~massive_mask({L: resid[L] for L in self.layers}, self.massive)
+                        self.tokens_massive += int(keep.sum() - ordinary.sum())
+                        keep = ordinary
                     acts = {L: resid[L][keep].float() for L in self.layers}
                     self.tokens_run += int(keep.sum())
                     self.model_seconds += time.perf_counter() - t0

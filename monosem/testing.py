@@ -73,7 +73,7 @@ def synthetic_activations(n_words: int = 24, n_sent: int = 5, n_units: int = 150
 
 
 def run_notebook01(cfg: Any, model_and_tokenizer: tuple[Any, Any] | None = None, batch_size: int = 16,
-                   wordnet: Any = None) -> dict[str, Any]:
+                   wordnet: Any = None, models_dir: Path | None = None) -> dict[str, Any]:
     """What notebook 01 does, without the notebook (for tests): resolve the model and the corpus, extract the concept,
     corpus-sample and held-out caches, and write the run manifest. Returns the pieces by name."""
     from monosem.activations import count_tokens
@@ -85,7 +85,7 @@ def run_notebook01(cfg: Any, model_and_tokenizer: tuple[Any, Any] | None = None,
     from monosem.run import write_manifest
     from monosem.sae.train import training_plan
 
-    spec = resolve_model(cfg.model, cfg.hf_hub_offline)
+    spec = resolve_model(cfg.model, cfg.hf_hub_offline, models_dir)
     model, tok = model_and_tokenizer or load_model(spec)
     mp = model_paths(cfg.data_path, spec.used)
     df = load_concepts(cfg.concepts_path)

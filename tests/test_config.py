@@ -235,7 +235,7 @@ INVALID = {"model": "  ", "layers": "x", "batch_size": "0", "device": "tpu", "dt
            "n_eval_texts": "0", "n_fidelity_texts": "0", "sae_presets": "nope", "sae_train_tokens": "0", "sae_batch": "0", "sae_workers": "0", "sae_buffer_tokens": "0", "sae_expansion": "0", "sae_k": "0", "seed": "-1",
            "threshold": "2", "alpha": "1", "pooling": "max", "sae_preset": "nope", "n_permutations": "0", "n_bootstrap": "0", "n_splits": "0",
            "sae_source": "  ", "top_k": "0", "save_figures": "maybe", "hf_hub_offline": "maybe", "min_replication": "0", "random_control": "maybe",
-           "control_steps": "0"}
+           "control_steps": "0", "massive_factor": "0.5"}
 
 
 def test_the_sweep_covers_every_validated_field():

@@ -156,16 +156,18 @@ class TrainingPlan:
 # Defaults by device and model size: (device kinds, largest d_model, tokens per SAE, batch). README "Training" states them.
 TRAINING_DEFAULTS: tuple[tuple[tuple[str, ...], int | None, int, int], ...] = (
     (("cuda", "mps"), None, 10_000_000, 4096),  # a GPU: 10M tokens, as SAE training runs in the field start at 1e7
-    (("cpu",), 512, 1_000_000, 1024),  # the bundled all-MiniLM-L6-v2 (d_model 384) and models of its size
+    (("cpu",), 512, 1_000_000, 1024),  # all-MiniLM-L6-v2 (d_model 384) and models of its size
+    (("cpu",), 768, 500_000, 1024),  # SmolLM2-135M (d_model 576), the offline default: make run in under 10 minutes on 2 cores
     (("cpu",), None, 250_000, 512),  # GPT-2 Medium size on a CPU: a run that finishes on 2 cores (README "Training"); 489 steps
 )
+SIZE_EXAMPLES = {512: "all-MiniLM-L6-v2: 384", 768: "SmolLM2-135M: 576"}  # named in the README's table
 
 
 def training_defaults_markdown() -> str:
     """The README's table of training defaults by device and model size (``TRAINING_DEFAULTS``; a test checks the README holds it)."""
     rows = ["| device | model size | tokens per SAE | batch (tokens per step) | steps |", "| --- | --- | --- | --- | --- |"]
     for kinds, max_d, tokens, batch in TRAINING_DEFAULTS:
-        size = f"d_model <= {max_d} (the bundled model: 384)" if max_d else "larger (GPT-2 Medium: 1024)" if kinds == ("cpu",) else "any"
+        size = f"d_model <= {max_d} ({SIZE_EXAMPLES[max_d]})" if max_d else "larger (GPT-2 Medium: 1024)" if kinds == ("cpu",) else "any"
         device = "a GPU (" + " or ".join(kinds) + ")" if kinds != ("cpu",) else "the CPU"
         rows.append(f"| {device} | {size} | {tokens:,} | {batch:,} | {-(-tokens // batch):,} |")
     return "\n".join(rows)
@@ -322,27 +324,44 @@ def untrained_sae(source: TokenSource, preset: str = "reference", seed: int = 0,
 
 
 @torch.inference_mode()
-def sae_metrics(sae: SAE, acts: Tensor | TokenSource, batch_size: int = 8192) -> dict[str, float]:
+def sae_metrics(sae: SAE, acts: Tensor | TokenSource, batch_size: int = 8192, massive_above: float | None = None) -> dict[str, float]:
     """MSE, fraction of variance explained, L0, dead and dense fractions of ``sae`` on ``acts`` [n, d_in].
 
     fve = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (the textbook formula; SAELens's eval
     reports another); dead: never active on ``acts``; dense: active on more than 10% of tokens.
+    With ``massive_above`` (a norm, ``monosem.massive``) every metric is computed on the tokens at or
+    below it, and ``fve_all_tokens`` is the FVE on every token (``n_massive`` tokens were above it).
     """
     source = TokenSource.of(acts)
-    mean, _ = source.mean_and_norm()
-    sq_err = sq_tot = active = 0.0
+    sums = torch.zeros(2, source.d, dtype=torch.float64)  # sums of x over ordinary tokens, over all tokens
+    counts = [0, 0]
+    for x in source.chunks(batch_size):
+        ordinary = x.norm(dim=-1) <= massive_above if massive_above is not None else torch.ones(len(x), dtype=torch.bool)
+        sums[0] += x[ordinary].double().sum(0)
+        sums[1] += x.double().sum(0)
+        counts[0] += int(ordinary.sum())
+        counts[1] += len(x)
+    mean, mean_all = (sums[0] / max(counts[0], 1)).float(), (sums[1] / counts[1]).float()
+    sq_err = sq_tot = sq_err_all = sq_tot_all = active = 0.0
     fire_counts = torch.zeros(sae.d_sae)
     for x in source.chunks(batch_size):
+        ordinary = x.norm(dim=-1) <= massive_above if massive_above is not None else torch.ones(len(x), dtype=torch.bool)
         x_hat, f = sae(x)
-        sq_err += (x - x_hat).pow(2).sum().item()
-        sq_tot += (x - mean).pow(2).sum().item()
-        fired = (f > 0).float()
+        err = (x - x_hat).pow(2).sum(-1)
+        sq_err += err[ordinary].sum().item()
+        sq_tot += (x[ordinary] - mean).pow(2).sum().item()
+        sq_err_all += err.sum().item()
+        sq_tot_all += (x - mean_all).pow(2).sum().item()
+        fired = (f[ordinary] > 0).float()
         active += fired.sum().item()
         fire_counts += fired.sum(0)
-    n = source.n
+    n = counts[0]
+    if n == 0:
+        raise MonosemError(f"every one of the {counts[1]} tokens is above the massive-activation norm {massive_above}; raise MONOSEM_MASSIVE_FACTOR")
     density = fire_counts / n
-    return {"mse": sq_err / (n * sae.d_in), "fve": 1 - sq_err / sq_tot, "l0": active / n, "dead_fraction": (density == 0).float().mean().item(),
-            "dense_fraction": (density > 0.1).float().mean().item(), "n_dead": int((density == 0).sum()), "d_sae": sae.d_sae, "n_tokens": n}
+    return {"mse": sq_err / (n * sae.d_in), "fve": 1 - sq_err / sq_tot, "fve_all_tokens": 1 - sq_err_all / sq_tot_all, "l0": active / n,
+            "dead_fraction": (density == 0).float().mean().item(), "dense_fraction": (density > 0.1).float().mean().item(), "n_dead": int((density == 0).sum()),
+            "d_sae": sae.d_sae, "n_tokens": n, "n_massive": counts[1] - n}
 
 
 @torch.inference_mode()
@@ -429,7 +448,7 @@ def _finish_and_save(trainer: SAETrainer, jk: tuple[str, int], settings: dict[st
                      heldout: ActivationCache, corpus: str, spec: ModelSpec, wall: float, n_saes: int) -> tuple[SAE, dict]:
     """The trained SAE of ``trainer`` measured on the held-out tokens and saved with its ``training.json`` record."""
     sae, history, cfg = trainer.finish()
-    metrics = sae_metrics(sae, TokenSource.from_caches([heldout], jk[1]))
+    metrics = sae_metrics(sae, TokenSource.from_caches([heldout], jk[1]), massive_above=(store.massive or {}).get(jk[1]))
     key = hash_json(settings)
     record = {"key": key, "settings": settings, "config": cfg, "corpus": corpus, "train_tokens": plan.tokens_per_sae,
               "epochs": store.epochs, "metrics_on": f"{metrics['n_tokens']} held-out tokens", "metrics": metrics,
