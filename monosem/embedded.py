@@ -11,6 +11,7 @@ The package is never imported (its ``__init__`` needs ``llm``); only its file is
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import shutil
@@ -65,8 +66,12 @@ def smollm2_folder(models_dir: Path) -> tuple[Path, str]:
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    gguf_tqdm = gguf_utils.tqdm  # its plain tqdm bar ignores disable_progress_bar and would stay on stderr at 0% in executed notebooks
+    gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
     try:
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # save_pretrained refuses a model loaded from GGUF: copy its weights into a fresh model of the same config
@@ -83,6 +88,7 @@ def smollm2_folder(models_dir: Path) -> tuple[Path, str]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
+        gguf_utils.tqdm = gguf_tqdm
         if bars:
             hf_logging.enable_progress_bar()
     return folder, revision

@@ -14,6 +14,13 @@ from monosem.layouts import unembedding
 from monosem.model import get_blocks, is_causal_lm
 from monosem.sae.base import SAE
 
+FIDELITY_TEXTS = ((12, 32), (None, 16))  # (largest number of blocks, held-out texts): the check runs every block of the model
+
+
+def default_fidelity_texts(n_blocks: int) -> int:
+    """Held-out texts of the fidelity check when ``MONOSEM_FIDELITY_TEXTS`` is unset (``FIDELITY_TEXTS``)."""
+    return next(n for most, n in FIDELITY_TEXTS if most is None or n_blocks <= most)
+
 
 def lm_logits(model: Any, hidden: Tensor) -> Tensor:
     """Logits of a base causal LM (a transformers model) from its final hidden states through its unembedding

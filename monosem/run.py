@@ -19,6 +19,7 @@ from monosem.cache import ActivationCache, open_cache
 from monosem.config import CODE_VERSION, EXTERNAL_PRESET, MonosemError, RunConfig
 from monosem.corpus import StoredCorpus, open_corpus
 from monosem.dataset import dataset_hash, load_concepts
+from monosem.fidelity import default_fidelity_texts
 from monosem.io import read_json, write_json
 from monosem.massive import massive_thresholds, norms_of_caches
 from monosem.model import ModelSpec, model_config
@@ -91,8 +92,10 @@ class Run:
         return massive_thresholds(norms_of_caches([self.background], self.layers), self.cfg.massive_factor)
 
     def fidelity_texts(self) -> list[str]:
-        """The held-out texts of the downstream fidelity check: the first ``n_fidelity_texts`` of them."""
-        return self.corpus.heldout_texts()[: self.cfg.n_fidelity_texts]
+        """The held-out texts of the downstream fidelity check: the first ``n_fidelity_texts`` of them (unset: by the
+        model's depth, ``monosem.fidelity.default_fidelity_texts``)."""
+        n = self.cfg.n_fidelity_texts or default_fidelity_texts(int(model_config(self.spec).num_hidden_layers))
+        return self.corpus.heldout_texts()[:n]
 
 
 def read_manifest(cfg: RunConfig) -> RunManifest:

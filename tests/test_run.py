@@ -61,7 +61,8 @@ def test_open_run_reopens_what_notebook_01_made(built):
     assert [c.key for c in run.caches] == [made["background"].key], "SAEs initialise from the corpus sample; concept sentences are not training data"
     assert run.heldout.key == made["heldout"].key and run.corpus.key == made["corpus"].key and run.corpus_title == "Python docs (pydoc)"
     assert run.heldout.texts() == run.corpus.heldout_texts() and len(run.corpus.heldout_texts()) == 2
-    assert run.fidelity_texts() == run.corpus.heldout_texts()[: cfg.n_fidelity_texts]
+    assert run.fidelity_texts() == run.corpus.heldout_texts()[:32]  # unset: 32 texts for a 6-block model
+    assert open_run(cfg.replace(n_fidelity_texts=1)).fidelity_texts() == run.corpus.heldout_texts()[:1]
     assert run.background.texts() == made["sample"] and set(made["sample"]) <= set(run.corpus.train_texts())
     assert not set(run.corpus.heldout_texts()) & set(run.corpus.train_texts()), "held-out texts must not be in the training corpus"
     assert run.corpus_tokens > run.background.n_tokens
