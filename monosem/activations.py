@@ -40,9 +40,10 @@ def encode_examples(tokenizer: Any, sentences: Sequence[str], spans: Sequence[tu
     document separator is prepended (``monosem.layouts.first_token_id``: ``<|endoftext|>`` where the
     vocabulary has it, else the BOS token); special tokens are left out of training and analysis.
     """
-    enc = tokenizer(list(sentences), return_offsets_mapping=True, return_special_tokens_mask=True, add_special_tokens=True,
-                    truncation=max_length is not None, max_length=max_length)
     bos = first_token_id(tokenizer) if prepend_bos else None
+    room = None if max_length is None else max_length - (bos is not None)  # the prepended token counts towards max_length
+    enc = tokenizer(list(sentences), return_offsets_mapping=True, return_special_tokens_mask=True, add_special_tokens=True,
+                    truncation=max_length is not None, max_length=room)
     out = []
     for i in range(len(sentences)):
         ids, offs, special = enc["input_ids"][i], enc["offset_mapping"][i], enc["special_tokens_mask"][i]

@@ -86,10 +86,9 @@ class MLPBasis(Basis):
     GELU's small negative part clipped at 0. A gated MLP (``signed``: Llama-style ``act(gate) * up``, as negative as
     positive): each neuron split into its positive and negative part (2 * d_mlp units), as the residual stream."""
 
-    name = "MLP neurons"
-
     def __init__(self, signed: bool = False):
         self.signed = signed
+        self.name = "MLP neurons ±" if signed else "MLP neurons"
 
     def activations(self, cache: ActivationCache, layer: int, pooling: str = "mean") -> tuple[np.ndarray, np.ndarray]:
         x = cache.mlp(layer, pooling)
@@ -209,10 +208,11 @@ def random_control_bases(data: Path, spec: ModelSpec, df: pd.DataFrame, layers: 
     same extraction, an SAE of ``preset`` trained for ``steps`` x ``batch_size`` tokens of the corpus sample (never the
     concept sentences, as for the real SAEs), and its residual and MLP units."""
     _, concepts, background = random_control_caches(data, spec, df, layers, background_texts, seed, device=device)
+    mlp = MLPBasis(mlp_signed(spec))
     saes = {L: train_sae(TokenSource.from_caches([background], L), preset, steps, batch_size, seed, progress=False, device=device, **overrides)[0]
             for L in layers}
     return [OnCache(f"{CONTROL_NAME}: SAE ({preset})", SAEBasis(f"SAE ({preset})", saes.__getitem__, preset), concepts),
-            OnCache(f"{CONTROL_NAME}: residual ±", ResidualBasis(), concepts), OnCache(f"{CONTROL_NAME}: MLP neurons", MLPBasis(mlp_signed(spec)), concepts)]
+            OnCache(f"{CONTROL_NAME}: residual ±", ResidualBasis(), concepts), OnCache(f"{CONTROL_NAME}: {mlp.name}", mlp, concepts)]
 
 
 def best_preset(scorecard: pd.DataFrame, presets: Sequence[str], exclude: Sequence[str] = ("reference",)) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CODE_VERSION = "5"  # bump when a change alters cached tensors or trained SAEs
+CODE_VERSION = "6"  # bump when a change alters cached tensors or trained SAEs
 DEFAULT_MODEL = "gpt2-medium"
 POOLINGS: tuple[str, ...] = ("mean", "last", "sentence")  # word-token mean, word last token, sentence mean
 TOKEN_DTYPES: tuple[str, ...] = ("float32", "float16")

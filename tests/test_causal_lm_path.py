@@ -56,7 +56,7 @@ def test_massive_activations_are_found_at_layer_2_not_0_and_left_out_of_training
     # the unit table of the SAE and of the signed MLP neurons (2 x 1,536 units)
     comparison = compare_bases([trained_sae_basis(run.paths, "topk"), MLPBasis(signed=True)], run.df, run.concepts, [2], cfg.pooling, cfg.threshold,
                                Criterion.from_config(cfg), cfg.n_bootstrap, progress=False, workers=1)
-    assert len(comparison.sae("topk")[2]) == sae.d_sae and len(comparison.of("MLP neurons")[2]) == 2 * 1536
+    assert len(comparison.sae("topk")[2]) == sae.d_sae and len(comparison.of("MLP neurons ±")[2]) == 2 * 1536
     # the logit lens of its most active features, through SmolLM2's RMSNorm and tied unembedding
     table = comparison.sae("topk")[2]
     features = table.sort_values("n_active_words", ascending=False)["feature"].head(4).tolist() if "n_active_words" in table else [0, 1, 2, 3]

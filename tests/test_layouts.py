@@ -204,3 +204,13 @@ def test_smollm2_is_a_llama_layout_causal_lm_with_signed_neurons(smollm2):
     with torch.no_grad():
         hidden = model(input_ids=ids).last_hidden_state
     assert tok.decode([int(lm_logits(model, hidden)[0, -1].argmax())]) == " Paris"  # the real pretrained weights, read through our unembedding
+
+
+def test_the_first_token_counts_towards_max_length(tok, bundled):
+    """A model with 128 positions must never get 129 tokens: the prepended separator is inside max_length."""
+    text = " ".join(["word"] * 50)
+    gpt2 = encode_examples(tok, [text], max_length=8)[0]
+    assert len(gpt2.ids) == 8 and gpt2.ids[0] == first_token_id(tok) and gpt2.special == [True] + [False] * 7
+    _, _, minilm_tok = bundled
+    bert = encode_examples(minilm_tok, [text], max_length=8)[0]
+    assert len(bert.ids) == 8 and bert.ids[0] == minilm_tok.cls_token_id and bert.ids[-1] == minilm_tok.sep_token_id
