@@ -12,7 +12,7 @@ from __future__ import annotations
 from monosem.activations import count_tokens, position_norms, word_token_check
 from monosem.bases import best_preset, compare_bases, random_control_bases, standard_bases, trained_sae_basis
 from monosem.cache import load_or_extract_concepts, load_or_extract_corpus
-from monosem.causal import ablation_output_change, causal_effects, concept_token_rank, logit_lens
+from monosem.causal import ablation_output_change, causal_effects, concept_token_rank, logit_lens, shared_first_tokens
 from monosem.config import RunConfig
 from monosem.corpus import corpus_words_needed, load_or_build_corpus, resolve_corpus, sample_texts, show_corpus_banner
 from monosem.criterion import Criterion, frame_rows
@@ -70,7 +70,7 @@ __all__ = [
     "Criterion", "frame_rows",
     "set_causal_columns",
     "best_preset", "compare_bases", "random_control_bases", "standard_bases", "trained_sae_basis",
-    "ablation_output_change", "causal_effects", "concept_token_rank", "logit_lens",
+    "ablation_output_change", "causal_effects", "concept_token_rank", "logit_lens", "shared_first_tokens",
     "reference_run",
     "build_summary", "collect_sae_metrics", "export_feature_json", "export_feature_page", "read_selectivity_tables", "read_summary", "reference_study_json", "sae_metrics_entry", "SaeMetricsFile", "save_figure", "write_sae_metrics", "write_selectivity_tables", "write_summary",
     "control_lines", "findings",

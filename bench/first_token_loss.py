@@ -1,6 +1,6 @@
 """Which token to put at position 0 of a causal LM whose tokenizer adds none: next-token loss with each candidate.
 
-    python bench/first_token_loss.py                 # SmolLM2-135M-Instruct (the offline default), 200 WordNet sentences
+    python bench/first_token_loss.py                 # SmolLM2-135M-Instruct (the offline default), 60 WordNet sentences (a minute or two)
     python bench/first_token_loss.py --model gpt2-medium --texts 500
 
 Prints the mean next-token loss (nats per token) over the texts' own tokens, scored from their second token on
@@ -53,7 +53,7 @@ def mean_loss(model, texts_ids: list[list[int]], prefix: list[int]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="as MODEL of make run (default: the offline default)")
-    ap.add_argument("--texts", type=int, default=200)
+    ap.add_argument("--texts", type=int, default=60)
     args = ap.parse_args()
     spec = resolve_model(args.model, True, RunConfig.from_env().data_path / "models")
     model, tok = load_model(spec)

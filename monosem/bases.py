@@ -18,6 +18,7 @@ import torch
 from monosem.cache import ActivationCache
 from monosem.controls import random_control_caches
 from monosem.criterion import Criterion
+from monosem.massive import massive_rows
 from monosem.model import ModelSpec, mlp_signed
 from monosem.paths import ModelPaths
 from monosem.runtime import default_workers, parallel_map
@@ -101,25 +102,29 @@ def trained_sae_basis(mp: ModelPaths, preset: str) -> SAEBasis:
     return SAEBasis(f"SAE ({preset})", lambda layer: load_sae(mp.sae(layer, preset))[0], preset)
 
 
-def untrained_sae_basis(mp: ModelPaths, preset: str, train_caches: Sequence[ActivationCache], seed: int = 0, **overrides: Any) -> SAEBasis:
+def untrained_sae_basis(mp: ModelPaths, preset: str, train_caches: Sequence[ActivationCache], seed: int = 0, massive: dict[int, float] | None = None,
+                        **overrides: Any) -> SAEBasis:
     """The preset's initialisation (with the run's ``overrides``: the same width and k as the trained SAE) on
-    ``train_caches``' tokens, never trained; for an SAE made elsewhere, a fresh SAE of its architecture and shape."""
+    ``train_caches``' tokens less the massive activations (``massive``: {layer: norm}, as in training), never trained;
+    for an SAE made elsewhere, a fresh SAE of its architecture and shape."""
 
     def build(layer: int) -> SAE:
         if preset in PRESETS:
-            return untrained_sae(TokenSource.from_caches(train_caches, layer), preset, seed=seed + 1000 + layer, **overrides)
+            source = TokenSource.from_caches(train_caches, layer, massive_rows(train_caches, massive))
+            return untrained_sae(source, preset, seed=seed + 1000 + layer, **overrides)
         return load_sae(mp.sae(layer, preset))[0].fresh_like(seed + 1000 + layer)
 
     return SAEBasis(f"untrained SAE ({preset})", build, preset, trained=False)
 
 
 def standard_bases(mp: ModelPaths, presets: Sequence[str], train_caches: Sequence[ActivationCache], seed: int = 0,
-                   overrides: dict[str, dict[str, Any]] | None = None, mlp_signed: bool = False) -> list[Basis]:
+                   overrides: dict[str, dict[str, Any]] | None = None, mlp_signed: bool = False, massive: dict[int, float] | None = None) -> list[Basis]:
     """Each trained preset, the residual stream, the MLP neurons (``mlp_signed``: a gated MLP's, split ±) and each preset's
-    untrained SAE (with the preset's ``overrides``, so it has the trained SAE's width), in that order."""
+    untrained SAE (with the preset's ``overrides``, so it has the trained SAE's width, initialised without the ``massive``
+    activations as the trained one), in that order."""
     overrides = overrides or {}
     return [*(trained_sae_basis(mp, p) for p in presets), ResidualBasis(), MLPBasis(mlp_signed),
-            *(untrained_sae_basis(mp, p, train_caches, seed, **overrides.get(p, {})) for p in presets)]
+            *(untrained_sae_basis(mp, p, train_caches, seed, massive, **overrides.get(p, {})) for p in presets)]
 
 
 @dataclass

@@ -270,6 +270,18 @@ def word_first_tokens(tokenizer: Any, words: Sequence[str]) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
+def shared_first_tokens(tokenizer: Any, words: Sequence[str], n_examples: int = 4) -> dict[str, Any]:
+    """How many of ``words`` share their first token (``word_first_tokens``) with another word, which ties their
+    logit-lens scores: {n_words, n_sharing, examples: ["'3': 30, 300, 3", ...] (the largest groups first)}."""
+    unique = list(dict.fromkeys(words))
+    groups: dict[int, list[str]] = {}
+    for word, token in zip(unique, word_first_tokens(tokenizer, unique).tolist()):
+        groups.setdefault(int(token), []).append(word)
+    shared = sorted((g for g in groups.items() if len(g[1]) > 1), key=lambda g: -len(g[1]))
+    return {"n_words": len(unique), "n_sharing": sum(len(ws) for _, ws in shared),
+            "examples": [f"{tokenizer.decode([t])!r}: {', '.join(ws)}" for t, ws in shared[:n_examples]]}
+
+
 def concept_token_rank(model: nn.Module, sae: SAE, features: Sequence[int] | np.ndarray | Tensor, tokenizer: Any, df: pd.DataFrame,
                        top_category: Sequence[str] | np.ndarray, categories: Sequence[str] = CATEGORIES, final_norm: bool = True) -> np.ndarray:
     """Per feature, the AUROC of the logit-lens scores of its top category's words against all other words: [n_features].

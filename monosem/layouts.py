@@ -44,7 +44,7 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout("llama", ("llama", "mistral", "qwen2", "qwen3"), True, "layers", "mlp.down_proj", "norm",
            "act(gate_proj(x)) * up_proj(x), the input of mlp.down_proj", gated=True),
     Layout("gpt_neox", ("gpt_neox",), True, "layers", "mlp.dense_4h_to_h", "final_layer_norm", "act(dense_h_to_4h(x)), the input of mlp.dense_4h_to_h"),
-    Layout("bert", ("bert",), False, "encoder.layer", "output.dense", None, "act(intermediate.dense(x)), the input of output.dense"),
+    Layout("bert", ("bert", "roberta", "xlm-roberta"), False, "encoder.layer", "output.dense", None, "act(intermediate.dense(x)), the input of output.dense"),
 )
 
 
@@ -109,13 +109,15 @@ def unembedding(model: nn.Module) -> Tensor:
     """The unembedding matrix [vocab, d_model] of a causal LM: its LM head when loaded with one, else the tied input embedding."""
     if not layout_of(model).causal:
         raise MonosemError(f"{type(model).__name__} is an encoder: its base model has no unembedding")
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if isinstance(head, nn.Module) and isinstance(getattr(head, "weight", None), Tensor):
-        return head.weight
-    if not getattr(model.config, "tie_word_embeddings", True):
+    hf: Any = model  # a transformers model
+    head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if isinstance(head, nn.Module) and isinstance(weight, Tensor):
+        return weight
+    if not getattr(hf.config, "tie_word_embeddings", True):
         raise MonosemError(f"{type(model).__name__} does not tie its LM head to its input embedding and was loaded without the head; "
                            "load it with monosem.model.load_model, which attaches the head of an untied causal LM")
-    return model.get_input_embeddings().weight
+    return hf.get_input_embeddings().weight
 
 
 def first_token_id(tokenizer: Any) -> int | None:

@@ -2,12 +2,15 @@
 
 Some models write a huge vector into the residual stream at a few ordinary tokens (Sun et al. 2024,
 "Massive activations in large language models"): in SmolLM2-135M, from block 2 on, the bare-space
-token and " the" have norms about 10x the median and carry about two thirds of the summed squared
-norm. An SAE trained on them spends its capacity on those few directions, and an FVE that includes
+token and many occurrences of " the" have norms up to about 10x the median and carry a large share of
+the summed squared norm (notebook 01 shows it per layer). An SAE trained on them spends its capacity on those few directions, and an FVE that includes
 them mostly measures how well they are reconstructed. The project's choice, as SAELens leaves out
 special tokens: a token whose norm exceeds ``factor`` x the layer's median token norm (on the corpus
 sample) at *any* analysed layer is left out of SAE training at every layer (so a batch holds the same
-tokens at every layer), and FVE is reported both without them (``fve``) and with them (``fve_all_tokens``).
+tokens at every layer) and of the SAEs' initialisation (mean and input scale), and FVE, L0 and the dead
+fraction are measured without them (``fve``, with the same any-layer rule), FVE also with them
+(``fve_all_tokens``). The rule is per occurrence: a token type can be massive in some contexts and not
+in others (SmolLM2's " the"), and notebook 01 shows how many occurrences of each type it removes.
 """
 
 from __future__ import annotations
@@ -49,15 +52,26 @@ def massive_mask(acts: dict[int, Tensor], thresholds: dict[int, float] | None) -
 
 def massive_report(norms: dict[int, np.ndarray], token_ids: np.ndarray, tokenizer: Any, thresholds: dict[int, float], top: int = 4) -> pd.DataFrame:
     """Per layer: the threshold, the share of tokens above it, their share of the summed squared norm and the commonest
-    such tokens (decoded, with counts). ``norms[L]`` [n] and ``token_ids`` [n] describe the same tokens."""
+    such tokens (decoded, with how many of their occurrences are above it). ``norms[L]`` [n] and ``token_ids`` [n] describe the same tokens."""
     rows = []
     for L, n in norms.items():
         over = n > thresholds[L]
         common = Counter(np.asarray(token_ids)[over].tolist()).most_common(top)
+        occurrences = Counter(np.asarray(token_ids)[np.isin(token_ids, [t for t, _ in common])].tolist())
         rows.append({"layer": L, "median norm": float(np.median(n)), "threshold": thresholds[L], "share of tokens": float(over.mean()),
                      "share of squared norm": float((n[over] ** 2).sum() / max((n**2).sum(), 1e-30)),
-                     "commonest massive tokens": ", ".join(f"{tokenizer.decode([t])!r} ({c})" for t, c in common) or "none"})
+                     "commonest massive tokens (flagged / occurrences)": ", ".join(f"{tokenizer.decode([t])!r} ({c} / {occurrences[t]})"
+                                                                                   for t, c in common) or "none"})
     return pd.DataFrame(rows).set_index("layer")
+
+
+def massive_rows(caches: Sequence[Any], thresholds: dict[int, float] | None) -> np.ndarray | None:
+    """Which tokens of ``caches`` (in order) are massive at any layer of ``thresholds`` -> [n_total] bool; None without thresholds.
+    The same rule as the activation store's, so the SAEs' initialisation and held-out metrics leave out what training left out."""
+    if not thresholds:
+        return None
+    norms = norms_of_caches(caches, list(thresholds))
+    return np.any([norms[L] > t for L, t in thresholds.items()], axis=0)
 
 
 def norms_of_caches(caches: Sequence[Any], layers: Sequence[int]) -> dict[int, np.ndarray]:

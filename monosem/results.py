@@ -125,6 +125,7 @@ class Summary:
     scorecard: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # basis -> layer -> SCORECARD_KEYS
     reference_study: dict[str, Any] = field(default_factory=dict)  # the reference study as it ran (notebook 03)
     logit_lens: list[dict[str, Any]] = field(default_factory=list)  # causal LMs: per top selective feature, layer, top tokens, concept AUROC
+    logit_lens_words: dict[str, Any] = field(default_factory=dict)  # words that share their first token (monosem.causal.shared_first_tokens)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -273,7 +274,7 @@ def collect_sae_metrics(mp: ModelPaths, spec: ModelSpec, presets: Sequence[str],
 def build_summary(cfg: RunConfig, spec: ModelSpec, layers: Sequence[int], presets: Sequence[str], comparison: Comparison,
                   sae_metrics_by_preset: dict[str, dict[str, dict[str, Any]]], criterion: Criterion,
                   reference_study: dict[str, Any] | None = None, preset: str | None = None,
-                  logit_lens: Sequence[dict[str, Any]] = ()) -> Summary:
+                  logit_lens: Sequence[dict[str, Any]] = (), logit_lens_words: dict[str, Any] | None = None) -> Summary:
     """The ``summary.json`` record of notebook 03: settings, the analysed ``preset`` per layer (default: the configured
     one, or the imported SAEs), every preset, the scorecard, and (a causal LM) the logit lens of the top selective features
     (rows: layer, feature, concept, top_tokens, concept_auroc)."""
@@ -284,7 +285,7 @@ def build_summary(cfg: RunConfig, spec: ModelSpec, layers: Sequence[int], preset
         preset = best_preset(comparison.scorecard, presets)
     return Summary(spec.asked, spec.used, spec.revision, list(layers), cfg.threshold, cfg.alpha, cfg.pooling, preset, cfg.n_permutations,
                    cfg.n_bootstrap, cfg.n_splits, cfg.seed, criterion.describe(), presets_summary[preset], presets_summary,
-                   comparison.scorecard_json(), reference_study or {}, [dict(r) for r in logit_lens])
+                   comparison.scorecard_json(), reference_study or {}, [dict(r) for r in logit_lens], dict(logit_lens_words or {}))
 
 
 def reference_study_json(result: ReferenceResult) -> dict[str, Any]:

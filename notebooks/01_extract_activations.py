@@ -132,8 +132,8 @@ print(f"run manifest: {manifest}")
 
 # %% [markdown]
 # ## The first-position artefact
-# In GPT-2 and SmolLM2, whatever token sits at position 0 gets a residual norm many times larger than the rest
-# (an "attention sink"). The project therefore puts a document separator at position 0 when the tokenizer adds
+# In GPT-2, whatever token sits at position 0 gets a residual norm many times larger than the rest (an
+# "attention sink"); the table below shows how much larger for the analysed model, layer by layer. The project therefore puts a document separator at position 0 when the tokenizer adds
 # no start token itself (`<|endoftext|>` for GPT-2 and SmolLM2: the token between documents in their
 # pretraining data; SmolLM2-Instruct's declared BOS is the chat-turn marker `<|im_start|>`, which is not) and
 # leaves it (and every other special token, such as BERT's [CLS]/[SEP]) out of SAE training and analysis.
@@ -148,10 +148,12 @@ artefact.style.format(precision=2).set_caption(f"{spec.used}: residual norm at p
 # %% [markdown]
 # ## Massive activations on ordinary tokens
 # Some models also write a huge vector at a few *ordinary* tokens from a middle block on (Sun et al. 2024):
-# in SmolLM2 the bare-space token and " the". Look at the share of tokens above `MONOSEM_MASSIVE_FACTOR` x the
-# layer's median norm and their share of the summed squared norm: a few percent of the tokens can carry most of
-# it. Such tokens (above the threshold at any analysed layer) are left out of SAE training, and notebook 02
-# reports FVE without them (`fve_heldout`) and with them (`fve_heldout_all_tokens`).
+# in SmolLM2 some occurrences of the bare-space token and " the". Look at the share of tokens above
+# `MONOSEM_MASSIVE_FACTOR` x the layer's median norm and their share of the summed squared norm (a few percent
+# of the tokens can carry a large part of it), and at how many occurrences of each common type are flagged:
+# the rule is per occurrence. Such tokens (above the threshold at any analysed layer) are left out of SAE
+# training and initialisation, and notebook 02 reports FVE without them (`fve_heldout`) and with them
+# (`fve_heldout_all_tokens`).
 
 # %%
 sample_norms = h.norms_of_caches([background], layers)

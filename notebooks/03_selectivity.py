@@ -56,7 +56,8 @@ device = h.pick_device(cfg.device)
 layers, presets, preset = h.analysed_saes(run)
 criterion = h.Criterion.from_config(cfg)
 overrides = {p: h.preset_overrides(p, cfg.sae_expansion, cfg.sae_k) for p in presets if p in h.PRESETS}
-bases = h.standard_bases(run.paths, presets, run.caches, cfg.seed, overrides, mlp_signed=h.mlp_signed(run.spec))  # a gated MLP's neurons are signed: ± units
+bases = h.standard_bases(run.paths, presets, run.caches, cfg.seed, overrides, mlp_signed=h.mlp_signed(run.spec),  # a gated MLP's neurons are signed: ± units
+                         massive=run.massive_norms())  # untrained SAEs are initialised without the massive activations, as the trained ones
 comparison = h.compare_bases(bases, run.df, run.concepts, layers, cfg.pooling, cfg.threshold, criterion, cfg.n_bootstrap)
 if preset == "auto":  # the default: the trained modern preset with the most selective units among active units
     preset = h.best_preset(comparison.scorecard, presets)
@@ -179,7 +180,7 @@ for L in layers:
     causal_rows.append(effects.assign(layer=L))
 causal = pd.concat(causal_rows) if causal_rows else pd.DataFrame(columns=["layer", "feature", "causal_effect", "causal_p"])
 display(causal.style.format(precision=4).set_caption(f"{run.spec.used}: causal effect of the top selective {preset} features (neutral frames)"))
-lens_rows = []
+lens_rows, lens_words = [], {}
 if h.is_causal_lm(model) and causal_rows:  # the decoder direction read through the final norm and unembedding: does it promote its concept's words?
     for L in sorted(set(causal["layer"])):
         features = causal.loc[causal["layer"] == L, "feature"].tolist()
@@ -188,12 +189,14 @@ if h.is_causal_lm(model) and causal_rows:  # the decoder direction read through 
         ranks = h.concept_token_rank(model, comparison.sae_of(preset, L), features, tokenizer, neutral, concepts)
         lens_rows += [{"layer": L, "feature": f, "concept": c, "top_tokens": d["top_tokens"], "concept_auroc": float(r)}
                       for f, c, d, r in zip(features, concepts, lens, ranks)]
+    lens_words = h.shared_first_tokens(tokenizer, run.df["word"].tolist())  # a word is scored by its first token: shared ones tie
     lens_table = pd.DataFrame(lens_rows)
     display(lens_table.assign(top_tokens=lens_table["top_tokens"].map(", ".join)).style.format({"concept_auroc": "{:.2f}"})
             .set_caption(f"{run.spec.used}: logit lens of the top selective {preset} features (concept_auroc: its concept's words against all others)"))
     print(f"median concept AUROC {lens_table['concept_auroc'].median():.2f}; {(lens_table['concept_auroc'] > 0.75).sum()} of {len(lens_table)} above 0.75. "
           f"Layers {layers} of {len(h.get_blocks(model))}: an early direction reaches the logits only through every later block, so noise-like "
-          "top tokens and AUROCs near 0.5 are what to expect; they say the direction does not write its concept's tokens directly.")
+          "top tokens and AUROCs near 0.5 are what to expect; they say the direction does not write its concept's tokens directly. "
+          f"{lens_words['n_sharing']} of the {lens_words['n_words']} words share their first token with another word, e.g. {'; '.join(lens_words['examples'][:2])}.")
 else:
     print("logit lens: the model has no unembedding (an encoder), so the decoder directions cannot be read as tokens")
 
@@ -224,7 +227,7 @@ reference.layers[layers[0]].heatmap.style.format(precision=3).set_caption(
 
 # %%
 sae_metrics = h.collect_sae_metrics(run.paths, run.spec, presets, layers, run.caches)
-summary = h.build_summary(cfg, run.spec, layers, presets, comparison, sae_metrics, criterion, h.reference_study_json(reference), preset, lens_rows)
+summary = h.build_summary(cfg, run.spec, layers, presets, comparison, sae_metrics, criterion, h.reference_study_json(reference), preset, lens_rows, lens_words)
 path = h.write_summary(run.paths, summary)
 for p in presets:
     h.write_selectivity_tables(run.paths, p, comparison.sae(p))

@@ -24,6 +24,7 @@ def test_conversion_is_quiet_atomic_and_done_once(gguf, tmp_path, capfd):
     assert err == "" and out == "", "the conversion must not leave a progress bar on stderr (executed notebooks show it)"
     assert revision.startswith("sha256:") and revision[7:] in folder.name
     assert json.loads((folder / MARKER).read_text())["name"] == SMOLLM2_NAME
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text()), "the weights are float32 now: no GGUF quantizer"
     assert {p.name for p in tmp_path.iterdir()} == {folder.name}, "no temporary folder is left behind"
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert smollm2_folder(tmp_path) == (folder, revision) and (folder / "model.safetensors").stat().st_mtime_ns == stamp

@@ -14,6 +14,7 @@ from transformers import (
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
+    RobertaConfig,
 )
 from transformers.activations import ACT2FN
 
@@ -37,7 +38,10 @@ CONFIGS = {
                                       max_position_embeddings=64),
     "bert": lambda: BertConfig(num_hidden_layers=3, hidden_size=D, intermediate_size=64, num_attention_heads=4, vocab_size=VOCAB,
                                max_position_embeddings=64),
+    "roberta": lambda: RobertaConfig(num_hidden_layers=3, hidden_size=D, intermediate_size=64, num_attention_heads=4, vocab_size=VOCAB,
+                                     max_position_embeddings=70),
 }
+ENCODERS = ("bert", "roberta")
 TEXTS = ["The red fox ran to the river.", "She counted seven apples and felt happy."]
 
 
@@ -77,9 +81,9 @@ def test_mlp_neurons_are_the_input_of_the_output_projection(family, tok):
     model = tiny(family)
     ids, attn, _ = batch(tok)
     blocks = get_blocks(model)
-    assert len(blocks) == 3 and layout_of(model).name == family
+    assert len(blocks) == 3 and layout_of(model).name == ("bert" if family in ENCODERS else family)
     seen = {}
-    where = [(b.intermediate if family == "bert" else b.mlp) for b in blocks]  # the MLP's input: the module the MLP starts with
+    where = [(b.intermediate if family in ENCODERS else b.mlp) for b in blocks]  # the MLP's input: the module the MLP starts with
     handles = [m.register_forward_hook(lambda mod, args, out, i=i: seen.update({i: args[0]})) for i, m in enumerate(where)]  # returns None
     try:
         resid, neurons = run_layers(model, ids, attn, [0, 2], mlp=True)
@@ -109,7 +113,7 @@ def loaded(family: str, tok, folder, **changes) -> tuple[nn.Module, nn.Module]:
     return full, load_model(resolve_model(str(folder)))[0]
 
 
-@pytest.mark.parametrize("family", [f for f in CONFIGS if f != "bert"])
+@pytest.mark.parametrize("family", [f for f in CONFIGS if f not in ENCODERS])
 def test_logit_lens_uses_the_models_own_final_norm(family, tok, tmp_path):
     """scores x the norm's 1/scale (+ its bias's logits) = final_norm(row) @ W_U.T, with the module itself (GPT-NeoX: untied head)."""
     _, model = loaded(family, tok, tmp_path / family)
@@ -131,7 +135,7 @@ def test_logit_lens_uses_the_models_own_final_norm(family, tok, tmp_path):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", [f for f in CONFIGS if f != "bert"])
+@pytest.mark.parametrize("family", [f for f in CONFIGS if f not in ENCODERS])
 def test_lm_logits_of_the_base_model_equal_the_causal_lm(family, tok, tmp_path):
     full, base = loaded(family, tok, tmp_path / family)
     ids, attn, _ = batch(tok)
@@ -141,8 +145,11 @@ def test_lm_logits_of_the_base_model_equal_the_causal_lm(family, tok, tmp_path):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_an_untied_lm_head_is_loaded_for_the_logit_lens(tok, tmp_path):
-    full, base = loaded("llama", tok, tmp_path / "untied", tie_word_embeddings=False)
+def test_an_untied_lm_head_is_loaded_for_the_logit_lens(tok, tmp_path, capfd):
+    full, _ = loaded("llama", tok, tmp_path / "untied", tie_word_embeddings=False)
+    capfd.readouterr()  # saving prints its own progress bar
+    base, _ = load_model(resolve_model(str(tmp_path / "untied")))
+    assert capfd.readouterr().err == "", "loading an untied model must not print a load report or a progress bar"
     torch.testing.assert_close(unembedding(base), full.lm_head.weight)
     assert not torch.allclose(unembedding(base), base.get_input_embeddings().weight)
     bare = AutoModel.from_config(full.config)
@@ -162,10 +169,11 @@ def test_random_control_is_built_from_the_config_of_every_layout(family, tok, tm
     a, b = real.get_input_embeddings().weight, control.get_input_embeddings().weight
     assert a.shape == b.shape and not torch.allclose(a, b)
     assert mlp_signed(spec) == (family == "llama")
+    assert is_causal_lm(control) == (family not in ENCODERS)
 
 
 def test_every_layout_row_is_tested():
-    assert {layout.name for layout in LAYOUTS} == set(CONFIGS)
+    assert {layout.name for layout in LAYOUTS} <= set(CONFIGS)
 
 
 def test_an_unknown_family_names_the_table():
@@ -214,3 +222,11 @@ def test_the_first_token_counts_towards_max_length(tok, bundled):
     _, _, minilm_tok = bundled
     bert = encode_examples(minilm_tok, [text], max_length=8)[0]
     assert len(bert.ids) == 8 and bert.ids[0] == minilm_tok.cls_token_id and bert.ids[-1] == minilm_tok.sep_token_id
+
+
+def test_words_that_share_a_first_token_are_counted(smollm2):
+    from monosem.causal import shared_first_tokens
+
+    _, _, tok = smollm2
+    shared = shared_first_tokens(tok, ["30", "3", "green", "3"])
+    assert shared == {"n_words": 3, "n_sharing": 2, "examples": ["'3': 30, 3"]}

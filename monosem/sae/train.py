@@ -20,6 +20,7 @@ from torch import Tensor
 from monosem.cache import ActivationCache
 from monosem.config import CODE_VERSION, MonosemError
 from monosem.io import clean_stale_temp, file_lock, hash_json
+from monosem.massive import massive_rows
 from monosem.model import ModelSpec
 from monosem.paths import ModelPaths
 from monosem.runtime import default_workers, parallel_map
@@ -57,9 +58,14 @@ class TokenSource:
         return cls([acts.float().numpy()])
 
     @classmethod
-    def from_caches(cls, caches: Sequence[ActivationCache], layer: int) -> "TokenSource":
-        """The tokens of ``layer`` in every cache of ``caches`` (concept sentences, background corpus)."""
-        return cls([c.token_array(layer) for c in caches])
+    def from_caches(cls, caches: Sequence[ActivationCache], layer: int, exclude: np.ndarray | None = None) -> "TokenSource":
+        """The tokens of ``layer`` in every cache of ``caches`` (concept sentences, background corpus), less the rows
+        ``exclude`` [n_total] marks (``monosem.massive.massive_rows``; copied into memory then)."""
+        arrays = [c.token_array(layer) for c in caches]
+        if exclude is None:
+            return cls(arrays)
+        starts = np.cumsum([0] + [len(a) for a in arrays])
+        return cls([np.asarray(a)[~exclude[lo:hi]] for a, lo, hi in zip(arrays, starts[:-1], starts[1:])])
 
     def rows(self, idx: Tensor) -> Tensor:
         """Rows ``idx`` [b] as a float32 tensor [b, d]."""
@@ -324,28 +330,34 @@ def untrained_sae(source: TokenSource, preset: str = "reference", seed: int = 0,
 
 
 @torch.inference_mode()
-def sae_metrics(sae: SAE, acts: Tensor | TokenSource, batch_size: int = 8192, massive_above: float | None = None) -> dict[str, float]:
+def sae_metrics(sae: SAE, acts: Tensor | TokenSource, batch_size: int = 8192, exclude: np.ndarray | None = None) -> dict[str, float]:
     """MSE, fraction of variance explained, L0, dead and dense fractions of ``sae`` on ``acts`` [n, d_in].
 
     fve = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (the textbook formula; SAELens's eval
     reports another); dead: never active on ``acts``; dense: active on more than 10% of tokens.
-    With ``massive_above`` (a norm, ``monosem.massive``) every metric is computed on the tokens at or
-    below it, and ``fve_all_tokens`` is the FVE on every token (``n_massive`` tokens were above it).
+    With ``exclude`` [n] (the massive-activation tokens, ``monosem.massive.massive_rows``) every metric
+    is computed on the other tokens, and ``fve_all_tokens`` is the FVE on every token (``n_massive`` were left out).
     """
     source = TokenSource.of(acts)
-    sums = torch.zeros(2, source.d, dtype=torch.float64)  # sums of x over ordinary tokens, over all tokens
-    counts = [0, 0]
-    for x in source.chunks(batch_size):
-        ordinary = x.norm(dim=-1) <= massive_above if massive_above is not None else torch.ones(len(x), dtype=torch.bool)
+    keep_all = np.ones(source.n, dtype=bool) if exclude is None else ~np.asarray(exclude, dtype=bool)
+    if len(keep_all) != source.n:
+        raise MonosemError(f"the exclusion mask has {len(keep_all)} rows for {source.n} tokens; recompute it from the same caches")
+
+    def chunks() -> Iterator[tuple[Tensor, Tensor]]:
+        for i, x in zip(range(0, source.n, batch_size), source.chunks(batch_size)):
+            yield x, torch.from_numpy(keep_all[i : i + len(x)])
+
+    sums = torch.zeros(2, source.d, dtype=torch.float64)  # sums of x over kept tokens, over all tokens
+    for x, ordinary in chunks():
         sums[0] += x[ordinary].double().sum(0)
         sums[1] += x.double().sum(0)
-        counts[0] += int(ordinary.sum())
-        counts[1] += len(x)
-    mean, mean_all = (sums[0] / max(counts[0], 1)).float(), (sums[1] / counts[1]).float()
+    n, n_all = int(keep_all.sum()), source.n
+    if n == 0:
+        raise MonosemError(f"every one of the {n_all} tokens is a massive activation; raise MONOSEM_MASSIVE_FACTOR (or set it to 0)")
+    mean, mean_all = (sums[0] / n).float(), (sums[1] / n_all).float()
     sq_err = sq_tot = sq_err_all = sq_tot_all = active = 0.0
     fire_counts = torch.zeros(sae.d_sae)
-    for x in source.chunks(batch_size):
-        ordinary = x.norm(dim=-1) <= massive_above if massive_above is not None else torch.ones(len(x), dtype=torch.bool)
+    for x, ordinary in chunks():
         x_hat, f = sae(x)
         err = (x - x_hat).pow(2).sum(-1)
         sq_err += err[ordinary].sum().item()
@@ -355,13 +367,10 @@ def sae_metrics(sae: SAE, acts: Tensor | TokenSource, batch_size: int = 8192, ma
         fired = (f[ordinary] > 0).float()
         active += fired.sum().item()
         fire_counts += fired.sum(0)
-    n = counts[0]
-    if n == 0:
-        raise MonosemError(f"every one of the {counts[1]} tokens is above the massive-activation norm {massive_above}; raise MONOSEM_MASSIVE_FACTOR")
     density = fire_counts / n
     return {"mse": sq_err / (n * sae.d_in), "fve": 1 - sq_err / sq_tot, "fve_all_tokens": 1 - sq_err_all / sq_tot_all, "l0": active / n,
             "dead_fraction": (density == 0).float().mean().item(), "dense_fraction": (density > 0.1).float().mean().item(), "n_dead": int((density == 0).sum()),
-            "d_sae": sae.d_sae, "n_tokens": n, "n_massive": counts[1] - n}
+            "d_sae": sae.d_sae, "n_tokens": n, "n_massive": n_all - n}
 
 
 @torch.inference_mode()
@@ -428,8 +437,9 @@ def train_or_load_saes(mp: ModelPaths, spec: ModelSpec, jobs: Sequence[SAEJob], 
         todo = [j for j in jobs if (j.preset, j.layer) not in out]
         if not todo:
             return out
-        trainers = {(j.preset, j.layer): SAETrainer(TokenSource.from_caches(init_caches, j.layer), j.preset, plan.steps, seed, device, **j.overrides)
-                    for j in todo}
+        init_massive = massive_rows(init_caches, store.massive)  # left out of the initialisation as of training (None: keep all)
+        trainers = {(j.preset, j.layer): SAETrainer(TokenSource.from_caches(init_caches, j.layer, init_massive), j.preset, plan.steps, seed, device,
+                                                    **j.overrides) for j in todo}
         t0 = time.perf_counter()
         train_on_store(store, trainers, plan.batch_size, progress, plan.workers)
         wall = time.perf_counter() - t0
@@ -448,7 +458,7 @@ def _finish_and_save(trainer: SAETrainer, jk: tuple[str, int], settings: dict[st
                      heldout: ActivationCache, corpus: str, spec: ModelSpec, wall: float, n_saes: int) -> tuple[SAE, dict]:
     """The trained SAE of ``trainer`` measured on the held-out tokens and saved with its ``training.json`` record."""
     sae, history, cfg = trainer.finish()
-    metrics = sae_metrics(sae, TokenSource.from_caches([heldout], jk[1]), massive_above=(store.massive or {}).get(jk[1]))
+    metrics = sae_metrics(sae, TokenSource.from_caches([heldout], jk[1]), exclude=massive_rows([heldout], store.massive))
     key = hash_json(settings)
     record = {"key": key, "settings": settings, "config": cfg, "corpus": corpus, "train_tokens": plan.tokens_per_sae,
               "epochs": store.epochs, "metrics_on": f"{metrics['n_tokens']} held-out tokens", "metrics": metrics,
