@@ -189,7 +189,7 @@ class RunConfig:
                                      int, _int(1), ">= 1")
     n_eval_texts: int = setting(256, "MONOSEM_EVAL_TEXTS", "corpus texts held out from training: FVE, L0 and dead fraction are measured on them", int, _int(1), ">= 1")
     n_fidelity_texts: int | None = setting(None, "MONOSEM_FIDELITY_TEXTS", "held-out texts of the downstream fidelity check (the first of the held-out texts); "
-                                           "unset = 32, or 12 for a model of more than 12 blocks (the check runs every block)", int, _optional_int(1), ">= 1 or unset")
+                                           "unset = 32, or 8 for a model of more than 12 blocks (the check runs every block)", int, _optional_int(1), ">= 1 or unset")
     massive_factor: float = setting(5.0, "MONOSEM_MASSIVE_FACTOR", "a token whose residual norm exceeds this many times the layer's median (corpus sample) at any "
                                     "analysed layer is a massive activation: left out of SAE training and of fve_heldout (fve_heldout_all_tokens keeps it); 0 = keep every token",
                                     float, lambda v: _massive_factor(_float(0, 1e6)(v)), "0 or > 1")

@@ -14,7 +14,7 @@ from monosem.layouts import unembedding
 from monosem.model import get_blocks, is_causal_lm
 from monosem.sae.base import SAE
 
-FIDELITY_TEXTS = ((12, 32), (None, 12))  # (largest number of blocks, held-out texts): the check runs every block of the model
+FIDELITY_TEXTS = ((12, 32), (None, 8))  # (largest number of blocks, held-out texts): the check runs every block of the model
 
 
 def default_fidelity_texts(n_blocks: int) -> int:
