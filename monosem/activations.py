@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from monosem.config import POOLINGS, TOKEN_DTYPES, MonosemError
-from monosem.layouts import first_token_id
-from monosem.model import check_layers, get_blocks, mlp_module
+from monosem.layouts import first_token_id, mlp_out_projection
+from monosem.model import check_layers, get_blocks
 
 
 @dataclass
@@ -120,7 +120,7 @@ def run_layers(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, laye
 
     handles = [blocks[L].register_forward_hook(block_hook(L)) for L in layers]
     if mlp:
-        handles += [mlp_module(model, blocks[L]).register_forward_pre_hook(mlp_hook(L)) for L in layers]
+        handles += [mlp_out_projection(model, blocks[L]).register_forward_pre_hook(mlp_hook(L)) for L in layers]
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     except _StopForward:

@@ -102,15 +102,15 @@ def trained_sae_basis(mp: ModelPaths, preset: str) -> SAEBasis:
     return SAEBasis(f"SAE ({preset})", lambda layer: load_sae(mp.sae(layer, preset))[0], preset)
 
 
-def untrained_sae_basis(mp: ModelPaths, preset: str, train_caches: Sequence[ActivationCache], seed: int = 0, massive: dict[int, float] | None = None,
+def untrained_sae_basis(mp: ModelPaths, preset: str, train_caches: Sequence[ActivationCache], seed: int = 0, exclude: np.ndarray | None = None,
                         **overrides: Any) -> SAEBasis:
     """The preset's initialisation (with the run's ``overrides``: the same width and k as the trained SAE) on
-    ``train_caches``' tokens less the massive activations (``massive``: {layer: norm}, as in training), never trained;
-    for an SAE made elsewhere, a fresh SAE of its architecture and shape."""
+    ``train_caches``' tokens less the rows ``exclude`` marks (the massive activations, ``monosem.massive.massive_rows``,
+    as in training), never trained; for an SAE made elsewhere, a fresh SAE of its architecture and shape."""
 
     def build(layer: int) -> SAE:
         if preset in PRESETS:
-            source = TokenSource.from_caches(train_caches, layer, massive_rows(train_caches, massive))
+            source = TokenSource.from_caches(train_caches, layer, exclude)
             return untrained_sae(source, preset, seed=seed + 1000 + layer, **overrides)
         return load_sae(mp.sae(layer, preset))[0].fresh_like(seed + 1000 + layer)
 
@@ -123,8 +123,9 @@ def standard_bases(mp: ModelPaths, presets: Sequence[str], train_caches: Sequenc
     untrained SAE (with the preset's ``overrides``, so it has the trained SAE's width, initialised without the ``massive``
     activations as the trained one), in that order."""
     overrides = overrides or {}
+    exclude = massive_rows(train_caches, massive)  # one mask for every untrained SAE
     return [*(trained_sae_basis(mp, p) for p in presets), ResidualBasis(), MLPBasis(mlp_signed),
-            *(untrained_sae_basis(mp, p, train_caches, seed, massive, **overrides.get(p, {})) for p in presets)]
+            *(untrained_sae_basis(mp, p, train_caches, seed, exclude, **overrides.get(p, {})) for p in presets)]
 
 
 @dataclass

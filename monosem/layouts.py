@@ -35,7 +35,7 @@ class Layout:
     blocks: str  # the ModuleList of blocks under the base model
     mlp_out: str  # the MLP's output projection under a block; its input is the MLP neurons
     final_norm: str | None  # the norm before the unembedding, under the base model (None: an encoder)
-    neurons: str  # what the MLP neurons are, in words (shown in the README and notebook 03)
+    neurons: str  # what the MLP neurons are, in words (documentation; the README's layout table says the same)
     gated: bool = False  # act(gate) * up: signed neurons, scored as a positive and a negative unit each (monosem.bases.MLPBasis)
 
 

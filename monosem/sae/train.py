@@ -444,9 +444,11 @@ def train_or_load_saes(mp: ModelPaths, spec: ModelSpec, jobs: Sequence[SAEJob], 
         train_on_store(store, trainers, plan.batch_size, progress, plan.workers)
         wall = time.perf_counter() - t0
         failed = []
+        heldout_massive = massive_rows([heldout], store.massive)  # one mask for every SAE's held-out metrics
         for jk, trainer in trainers.items():  # each SAE is saved on its own: one that cannot be saved never loses the others
             try:
-                out[jk] = _finish_and_save(trainer, jk, settings[jk], folders[jk], plan, store, heldout, corpus, spec, wall, len(trainers))
+                out[jk] = _finish_and_save(trainer, jk, settings[jk], folders[jk], plan, store, heldout, heldout_massive, corpus, spec, wall,
+                                           len(trainers))
             except MonosemError as exc:
                 failed.append(f"{jk[0]}, layer {jk[1]}: {exc}")
         if failed:
@@ -455,10 +457,10 @@ def train_or_load_saes(mp: ModelPaths, spec: ModelSpec, jobs: Sequence[SAEJob], 
 
 
 def _finish_and_save(trainer: SAETrainer, jk: tuple[str, int], settings: dict[str, Any], folder: Path, plan: TrainingPlan, store: ActivationStore,
-                     heldout: ActivationCache, corpus: str, spec: ModelSpec, wall: float, n_saes: int) -> tuple[SAE, dict]:
+                     heldout: ActivationCache, heldout_massive: np.ndarray | None, corpus: str, spec: ModelSpec, wall: float, n_saes: int) -> tuple[SAE, dict]:
     """The trained SAE of ``trainer`` measured on the held-out tokens and saved with its ``training.json`` record."""
     sae, history, cfg = trainer.finish()
-    metrics = sae_metrics(sae, TokenSource.from_caches([heldout], jk[1]), exclude=massive_rows([heldout], store.massive))
+    metrics = sae_metrics(sae, TokenSource.from_caches([heldout], jk[1]), exclude=heldout_massive)
     key = hash_json(settings)
     record = {"key": key, "settings": settings, "config": cfg, "corpus": corpus, "train_tokens": plan.tokens_per_sae,
               "epochs": store.epochs, "metrics_on": f"{metrics['n_tokens']} held-out tokens", "metrics": metrics,
