@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class Encoded:
     ids: list[int]
     special: list[bool]
     in_word: list[bool]
+    offsets: list[tuple[int, int]] = field(default_factory=list)  # character span of each token ((0, 0) for a prepended one)
 
 
 def encode_examples(tokenizer: Any, sentences: Sequence[str], spans: Sequence[tuple[int, int]] | None = None, prepend_bos: bool = True,
@@ -54,9 +55,10 @@ def encode_examples(tokenizer: Any, sentences: Sequence[str], spans: Sequence[tu
             in_word = [bool(not s and a < end and b > start) for (a, b), s in zip(offs, special)]
             if not any(in_word):
                 raise MonosemError(f"no token of {sentences[i]!r} covers characters {start}..{end}; the tokenizer's offsets look wrong")
+        offsets = [(int(a), int(b)) for a, b in offs]
         if prepend_bos and bos is not None and not special[0]:
-            ids, special, in_word = [bos] + list(ids), [1] + list(special), [False] + in_word
-        out.append(Encoded(list(ids), [bool(s) for s in special], in_word))
+            ids, special, in_word, offsets = [bos] + list(ids), [1] + list(special), [False] + in_word, [(0, 0)] + offsets
+        out.append(Encoded(list(ids), [bool(s) for s in special], in_word, offsets))
     return out
 
 

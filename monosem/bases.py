@@ -14,19 +14,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from monosem.cache import ActivationCache
 from monosem.controls import random_control_caches
-from monosem.criterion import Criterion
+from monosem.criterion import Criterion, frame_rows
+from monosem.dataset import CATEGORIES, CONCEPTS
 from monosem.massive import massive_rows
 from monosem.model import ModelSpec, mlp_signed
+from monosem.natural import NaturalTokens, corpus_profile, matched_random_precision
+from monosem.paired import BasisWords, lemma_groups, paired_comparison
 from monosem.paths import ModelPaths
 from monosem.runtime import default_workers, parallel_map
 from monosem.sae.base import SAE
 from monosem.sae.presets import PRESETS
 from monosem.sae.saelens import load_sae
 from monosem.sae.train import TokenSource, encode_all, train_sae, untrained_sae
-from monosem.scorecard import SCORECARD_KEYS, scorecard_row, unit_table
+from monosem.scorecard import SCORECARD_KEYS, add_corpus_columns, scorecard_row, unit_table
+from monosem.specificity import Specificity
+from monosem.stats import word_data
 
 
 class Basis:
@@ -41,6 +47,14 @@ class Basis:
     def n_units(self, cache: ActivationCache, layer: int) -> int:
         """How many units this basis has at ``layer``."""
         return self.activations(cache, layer)[0].shape[1]
+
+    def token_activations(self, natural: NaturalTokens, layer: int) -> Tensor | None:
+        """The units' activations on held-out natural-text tokens [n_tok, n_units] (None where the basis has none)."""
+        return None
+
+    def fire_rate(self, layer: int) -> tuple[float, float] | None:
+        """(share of words, share of corpus tokens) each unit is thresholded to fire on; None: its own τ x max rule."""
+        return None
 
     def __repr__(self) -> str:
         return f"<basis {self.name}>"
@@ -63,23 +77,64 @@ class SAEBasis(Basis):
         return self._saes[layer]
 
     def activations(self, cache: ActivationCache, layer: int, pooling: str = "mean") -> tuple[np.ndarray, np.ndarray]:
-        sae = self.sae(layer)
-        live = (encode_all(sae, cache.tokens(layer)) > 0).any(0).numpy()
-        return encode_all(sae, cache.word(layer, pooling)).numpy(), live
+        """Encode, then pool: each token is encoded and the features are pooled over the word's tokens (as the MLP
+        neurons, whose nonlinearity acts per token), never the SAE applied to a pooled residual."""
+        feats = encode_all(self.sae(layer), cache.tokens(layer))  # [n_tokens, d_sae]
+        live = (feats > 0).any(0).numpy()
+        return pool_tokens(feats, cache, pooling).numpy(), live
 
     def n_units(self, cache: ActivationCache, layer: int) -> int:
         return self.sae(layer).d_sae
 
+    def token_activations(self, natural: NaturalTokens, layer: int) -> Tensor | None:
+        return encode_all(self.sae(layer), natural.resid[layer])
+
+
+def pool_tokens(feats: Tensor, cache: ActivationCache, pooling: str = "mean") -> Tensor:
+    """Word-level pooling [n_examples, n_units] of per-token values ``feats`` [n_tokens, n_units] of a concept cache:
+    'mean' over the word's tokens, 'last' its last token, 'sentence' every token of the sentence."""
+    example = cache.tensors["token_example"]
+    rows = cache.tensors["token_in_word"] if pooling in ("mean", "last") else torch.ones(len(example), dtype=torch.bool)
+    n = len(cache.word(cache.layers[0], "mean"))
+    if pooling == "last":  # the last in-word token of each example
+        index = torch.full((n,), -1, dtype=torch.long)
+        index[example[rows]] = torch.nonzero(rows).squeeze(1)  # later tokens overwrite earlier ones
+        return feats[index]
+    sums = torch.zeros((n, feats.shape[1]), dtype=torch.float64).index_add_(0, example[rows], feats[rows].double())
+    counts = torch.bincount(example[rows], minlength=n).clamp_min(1)
+    return (sums / counts[:, None]).float()
+
+
+def _split(x: Tensor) -> Tensor:
+    """[n, d] -> [n, 2d]: the positive parts, then the negative parts."""
+    return torch.cat([x.clamp(min=0), (-x).clamp(min=0)], 1)
+
 
 class ResidualBasis(Basis):
-    """Each residual-stream dimension split into its positive and negative part (2 * d_model units)."""
+    """Each residual-stream dimension split into its positive and negative part (2 * d_model units); ``rotation_seed``:
+    the residual stream in a random rotation first (a basis the model has no reason to align with: a null)."""
 
-    name = "residual ±"
+    def __init__(self, rotation_seed: int | None = None):
+        self.rotation_seed = rotation_seed
+        self.name = "residual ±" if rotation_seed is None else "residual ± (random rotation)"
+        self._rotations: dict[int, Tensor] = {}
+
+    def _rotate(self, x: Tensor) -> Tensor:
+        if self.rotation_seed is None:
+            return x
+        d = x.shape[1]
+        if d not in self._rotations:
+            g = torch.Generator().manual_seed(int(self.rotation_seed))
+            q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+            self._rotations[d] = (q * torch.sign(torch.diagonal(r))).float()  # Haar-distributed orthogonal matrix
+        return x.float() @ self._rotations[d]
 
     def activations(self, cache: ActivationCache, layer: int, pooling: str = "mean") -> tuple[np.ndarray, np.ndarray]:
-        x = cache.word(layer, pooling)
-        acts = torch.cat([x.clamp(min=0), (-x).clamp(min=0)], 1).numpy()
+        acts = _split(self._rotate(cache.word(layer, pooling))).numpy()
         return acts, np.asarray((acts > 0).any(0), dtype=bool)
+
+    def token_activations(self, natural: NaturalTokens, layer: int) -> Tensor | None:
+        return _split(self._rotate(natural.resid[layer]))
 
 
 class MLPBasis(Basis):
@@ -93,8 +148,45 @@ class MLPBasis(Basis):
 
     def activations(self, cache: ActivationCache, layer: int, pooling: str = "mean") -> tuple[np.ndarray, np.ndarray]:
         x = cache.mlp(layer, pooling)
-        acts = (torch.cat([x.clamp(min=0), (-x).clamp(min=0)], 1) if self.signed else x.clamp(min=0)).numpy()
+        acts = (_split(x) if self.signed else x.clamp(min=0)).numpy()
         return acts, np.asarray((acts > 0).any(0), dtype=bool)
+
+    def token_activations(self, natural: NaturalTokens, layer: int) -> Tensor | None:
+        x = natural.mlp[layer]
+        return _split(x) if self.signed else x.clamp(min=0)
+
+
+@dataclass(eq=False, repr=False)
+class RateMatched(Basis):
+    """A dense basis with each unit thresholded to fire on the share of words (and of corpus tokens) that the units of
+    another basis fire on (the median over its units, per layer): the density-matched null of that basis."""
+
+    inner: Basis
+    rates: dict[int, tuple[float, float]]  # layer -> (word rate, token rate)
+    of: str  # the name of the basis whose rates these are
+
+    def __post_init__(self) -> None:
+        self.name = f"{self.inner.name} @ {self.of} density"
+
+    def activations(self, cache: ActivationCache, layer: int, pooling: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.activations(cache, layer, pooling)
+
+    def token_activations(self, natural: NaturalTokens, layer: int) -> Tensor | None:
+        return self.inner.token_activations(natural, layer)
+
+    def fire_rate(self, layer: int) -> tuple[float, float] | None:
+        return self.rates[layer]
+
+
+def basis_rates(tables: dict[int, pd.DataFrame]) -> dict[int, tuple[float, float]]:
+    """Per layer, the median share of words and of corpus tokens on which a basis's firing units fire (its unit tables)."""
+    out = {}
+    for layer, t in tables.items():
+        words = t["density_words"].to_numpy()
+        tokens = t["density_tokens"].to_numpy()
+        tokens = tokens[np.isfinite(tokens) & (tokens > 0)]
+        out[layer] = (float(np.median(words[words > 0])) if (words > 0).any() else 0.01, float(np.median(tokens)) if len(tokens) else 0.01)
+    return out
 
 
 def trained_sae_basis(mp: ModelPaths, preset: str) -> SAEBasis:
@@ -118,14 +210,15 @@ def untrained_sae_basis(mp: ModelPaths, preset: str, train_caches: Sequence[Acti
 
 
 def standard_bases(mp: ModelPaths, presets: Sequence[str], train_caches: Sequence[ActivationCache], seed: int = 0,
-                   overrides: dict[str, dict[str, Any]] | None = None, mlp_signed: bool = False, massive: dict[int, float] | None = None) -> list[Basis]:
+                   overrides: dict[str, dict[str, Any]] | None = None, mlp_signed: bool = False, massive: dict[int, float] | None = None,
+                   untrained: Sequence[str] | None = None) -> list[Basis]:
     """Each trained preset, the residual stream, the MLP neurons (``mlp_signed``: a gated MLP's, split ±) and each preset's
     untrained SAE (with the preset's ``overrides``, so it has the trained SAE's width, initialised without the ``massive``
-    activations as the trained one), in that order."""
+    activations as the trained one; ``untrained``: only these presets' untrained SAEs), in that order."""
     overrides = overrides or {}
     exclude = massive_rows(train_caches, massive)  # one mask for every untrained SAE
     return [*(trained_sae_basis(mp, p) for p in presets), ResidualBasis(), MLPBasis(mlp_signed),
-            *(untrained_sae_basis(mp, p, train_caches, seed, exclude, **overrides.get(p, {})) for p in presets)]
+            *(untrained_sae_basis(mp, p, train_caches, seed, exclude, **overrides.get(p, {})) for p in (presets if untrained is None else untrained))]
 
 
 @dataclass
@@ -167,18 +260,37 @@ class Comparison:
 
 def compare_bases(bases: Sequence[Basis], df: pd.DataFrame, cache: ActivationCache, layers: Sequence[int], pooling: str = "mean",
                   threshold: float = 0.6, criterion: Criterion = Criterion(), n_boot: int = 1000, progress: bool = True,
-                  workers: int | None = None) -> Comparison:
-    """The unit table (reference score and final label) and the scorecard of every basis at every layer, on the same words.
+                  workers: int | None = None, specificity: Specificity = Specificity(), natural: NaturalTokens | None = None,
+                  category_frames: bool = True, selective_label: bool = True) -> Comparison:
+    """The unit table (reference score, final label, specificity and sensitivity) and the scorecard of every basis at every
+    layer, on the same words; with ``natural``, each unit's specificity on held-out natural text and its density there.
+    ``category_frames``: also label the trained SAEs on the category frames (a dataset with neutral frames only: False);
+    ``selective_label`` False: skip the earlier label's split confirmation (its keys are NaN), to save time on nulls.
 
     The (basis, layer) pairs are independent: ``workers`` threads (default ``default_workers()``) compute them, and
     the tables are the same in any order."""
     from monosem.progress import Progress
 
+    n_categories = len(CATEGORIES)
+
     def one(job: tuple[Basis, int]) -> tuple[pd.DataFrame, dict[str, Any]]:
         basis, L = job
         acts, live = basis.activations(cache, L, pooling)
-        table, rate = unit_table(acts, df, live, criterion, n_boot)
-        return table, {"basis": basis.name, "layer": L, **scorecard_row(table, rate, acts, df, threshold, criterion)}
+        rate = basis.fire_rate(L)
+        trained = category_frames and isinstance(basis, SAEBasis) and basis.trained  # the category-frame label only for trained SAEs (time)
+        table, rep_rate = unit_table(acts, df, live, criterion, n_boot, specificity=specificity, fire_rate=rate[0] if rate else None,
+                                     category_frames=trained, selective_label=selective_label)
+        matched = None
+        tokens = basis.token_activations(natural, L) if natural is not None else None
+        if natural is not None and tokens is not None:
+            profile = corpus_profile(tokens, natural.label, n_categories, fire_fraction=specificity.fire_fraction, fire_rate=rate[1] if rate else None)
+            own = add_corpus_columns(table, profile)
+            specific = table["specific"].to_numpy().astype(bool)
+            units = np.flatnonzero(specific)
+            matched = matched_random_precision(profile["top_precision"], profile["density_tokens"], units, own[units], specific)
+        row = scorecard_row(table, rep_rate, acts, df, threshold, criterion, specificity=specificity, fire_rate=rate[0] if rate else None,
+                            random_matched=matched)
+        return table, {"basis": basis.name, "layer": L, **row}
 
     jobs = [(basis, L) for basis in bases for L in layers]
     tables: dict[Basis, dict[int, pd.DataFrame]] = {basis: {} for basis in bases}
@@ -221,9 +333,29 @@ def random_control_bases(data: Path, spec: ModelSpec, df: pd.DataFrame, layers: 
             OnCache(f"{CONTROL_NAME}: residual ±", ResidualBasis(), concepts), OnCache(f"{CONTROL_NAME}: {mlp.name}", mlp, concepts)]
 
 
-def best_preset(scorecard: pd.DataFrame, presets: Sequence[str], exclude: Sequence[str] = ("reference",)) -> str:
-    """The trained preset with the largest mean share of selective units among active units over layers (the reference
-    study's preset is left out unless it is the only one): the default analysed preset."""
-    candidates = [p for p in presets if p not in exclude] or list(presets)
-    means = {p: float(scorecard.loc[scorecard["basis"] == f"SAE ({p})", "fraction_selective_active"].mean()) for p in candidates}
-    return max(candidates, key=lambda p: (means[p], -candidates.index(p)))
+def headline(sae_bases: Sequence[Basis], neurons: Basis, df: pd.DataFrame, cache: ActivationCache, layers: Sequence[int],
+             rates: dict[int, tuple[float, float]], pooling: str = "mean", settings: Specificity = Specificity(), n_boot: int = 200,
+             seed: int = 0) -> pd.DataFrame:
+    """The paired answer per layer and metric (``monosem.paired``): the first of ``sae_bases`` (seed 0) against ``neurons``
+    thresholded to the SAE's density (``rates``), with its paired CI over words, and the difference for every seed
+    replicate in ``sae_bases`` (its min and max: the spread over training seeds). Columns: layer, metric, sae, neurons,
+    difference, ci_low, ci_high, resampling, seed_min, seed_max, n_seeds."""
+    rows = frame_rows(df, "neutral")
+    out = []
+    for L in layers:
+        acts, _ = neurons.activations(cache, L, pooling)
+        wd = word_data(acts[rows], df.loc[rows])
+        groups = lemma_groups(wd.words, wd.category)
+        neuron_words = BasisWords.of(f"{neurons.name} @ SAE density", wd.means(), settings, rates[L][0])
+        per_seed = []
+        for i, basis in enumerate(sae_bases):
+            sae_acts, _ = basis.activations(cache, L, pooling)
+            sae_words = BasisWords.of(basis.name, word_data(sae_acts[rows], df.loc[rows]).means(), settings)
+            per_seed.append(paired_comparison(sae_words, neuron_words, wd.category, groups, len(CONCEPTS), len(CATEGORIES), settings,
+                                              n_boot if i == 0 else 0, seed))
+        first = per_seed[0]
+        diffs = np.stack([t["difference"].to_numpy() for t in per_seed])
+        out.append(pd.DataFrame({"layer": L, "metric": first["metric"], "sae": first.iloc[:, 1], "neurons": first.iloc[:, 2],
+                                 "difference": first["difference"], "ci_low": first["ci_low"], "ci_high": first["ci_high"],
+                                 "resampling": first["resampling"], "seed_min": diffs.min(0), "seed_max": diffs.max(0), "n_seeds": len(per_seed)}))
+    return pd.concat(out, ignore_index=True)

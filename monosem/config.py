@@ -21,8 +21,16 @@ DEFAULT_MODEL = "gpt2-medium"
 POOLINGS: tuple[str, ...] = ("mean", "last", "sentence")  # word-token mean, word last token, sentence mean
 TOKEN_DTYPES: tuple[str, ...] = ("float32", "float16")
 PRESET_NAMES: tuple[str, ...] = ("reference", "l1", "topk", "matryoshka")  # the trainable recipes of monosem.sae.presets
+DEFAULT_PRESETS: tuple[str, ...] = ("reference", "topk", "matryoshka")  # make run's: the reference study's, the analysed one and one more (time)
 EXTERNAL_PRESET = "external"  # SAEs imported from elsewhere (MONOSEM_SAE_SOURCE)
-AUTO_PRESET = "auto"  # the analysed preset is chosen by notebook 03's scorecard
+AUTO_PRESET = "auto"  # the analysed preset: topk when trained, else matryoshka, l1, reference (never chosen by its outcome)
+ANALYSED_ORDER: tuple[str, ...] = ("topk", "matryoshka", "l1", "reference")
+
+
+def analysed_preset(presets: tuple[str, ...] | list[str]) -> str:
+    """The preset the figures and the headline describe when none is set: TopK when trained (its L0 is fixed by k, so
+    nulls of the same L0 exist), else the first trained of ``ANALYSED_ORDER``; fixed in advance, never chosen by the outcome."""
+    return next((p for p in ANALYSED_ORDER if p in presets), presets[0])
 RENAMED_VARIABLES = {"MONOSEM_SAE_STEPS": "training length is set in tokens per SAE, MONOSEM_SAE_TOKENS (steps = tokens / MONOSEM_SAE_BATCH)"}
 
 
@@ -177,6 +185,8 @@ class RunConfig:
                                 "falling back offline to SmolLM2-135M-Instruct (else all-MiniLM-L6-v2)", check=_optional_text, allowed="hub name, folder, smollm2, minilm")
     layers: tuple[int, ...] = setting((0, 1, 2, 3), "MONOSEM_LAYERS", "residual stream after these blocks", parse_layers, _layers, "e.g. 0,1,2,3 or 0-3")
     concepts: Path | None = setting(None, "MONOSEM_CONCEPTS", "the concept dataset; unset = data/concepts.csv", Path, _optional_path, "a CSV file")
+    replication_words: Path | None = setting(None, "MONOSEM_REPLICATION_WORDS", "the second word list the headline is replicated on (neutral frames, "
+                                             "drawn from WordNet by scripts/make_wordlist2.py); unset = data/concepts_wordnet.csv", Path, _optional_path, "a CSV file")
     data_dir: Path | None = setting(None, "MONOSEM_DATA_DIR", "where caches, SAEs and results go; unset = data/", Path, _optional_path, "a folder")
     root: Path | None = setting(None, "MONOSEM_ROOT", "the repository root; unset = found from the working directory", Path, _optional_path, "a folder")
     # extraction (notebook 01)
@@ -194,7 +204,8 @@ class RunConfig:
                                     "analysed layer is a massive activation: left out of SAE training and of fve_heldout (fve_heldout_all_tokens keeps it); 0 = keep every token",
                                     float, lambda v: _massive_factor(_float(0, 1e6)(v)), "0 or > 1")
     # SAE training (notebook 02)
-    sae_presets: tuple[str, ...] = setting(PRESET_NAMES, "MONOSEM_SAE_PRESETS", "SAE recipes to train", _parse_names, _presets, ", ".join(PRESET_NAMES))
+    sae_presets: tuple[str, ...] = setting(DEFAULT_PRESETS, "MONOSEM_SAE_PRESETS", "SAE recipes to train (l1 too: reference,l1,topk,matryoshka)", _parse_names,
+                                           _presets, ", ".join(PRESET_NAMES))
     sae_train_tokens: int | None = setting(None, "MONOSEM_SAE_TOKENS", "training tokens per SAE; unset = by model size and device (README, 'Training')", int,
                                            _optional_int(1), ">= 1 or unset")
     sae_batch: int | None = setting(None, "MONOSEM_SAE_BATCH", "tokens per optimiser step; unset = by device (1024 on the CPU, 4096 on a GPU)", int, _optional_int(1),
@@ -212,11 +223,21 @@ class RunConfig:
     min_replication: float = setting(0.9, "MONOSEM_MIN_REPLICATION", "share of word splits that must confirm a unit's top category for the final label 'selective'",
                                      float, _float(0, 1, lo_open=True), "(0, 1]")
     pooling: str = setting("mean", "MONOSEM_POOLING", "word-level pooling of token activations", str, _one_of(POOLINGS), ", ".join(POOLINGS))
-    sae_preset: str = setting(AUTO_PRESET, "MONOSEM_SAE_PRESET", "the SAE preset the figures, CSVs and dashboards describe; auto = the trained modern preset "
-                              "with the most selective units among active units (notebook 03's scorecard)", str,
+    sae_preset: str = setting(AUTO_PRESET, "MONOSEM_SAE_PRESET", "the SAE preset the figures, CSVs and dashboards describe; auto = topk when trained, "
+                              "else the first trained of matryoshka, l1, reference (fixed in advance, never chosen by the outcome)", str,
                               _one_of(PRESET_NAMES + (EXTERNAL_PRESET, AUTO_PRESET)), ", ".join(PRESET_NAMES + (EXTERNAL_PRESET, AUTO_PRESET)))
     n_permutations: int = setting(1000, "MONOSEM_PERMUTATIONS", "word-label permutations of the causal test", int, _int(1), ">= 1")
     n_bootstrap: int = setting(1000, "MONOSEM_BOOTSTRAP", "bootstrap resamples of words", int, _int(1), ">= 1")
+    n_bootstrap_paired: int = setting(200, "MONOSEM_BOOTSTRAP_PAIRED", "draws of the paired SAE-vs-neurons comparison (each recomputes every metric of both bases)",
+                                      int, _int(1), ">= 1")
+    n_probe_draws: int = setting(40, "MONOSEM_PROBE_DRAWS", "bootstrap draws of each probe's CI", int, _int(1), ">= 1")
+    n_readout_texts: int = setting(16, "MONOSEM_READOUT_TEXTS", "held-out corpus texts of the causal concept readout (each cut at 32 tokens)", int, _int(1), ">= 1")
+    n_readout_features: int = setting(4, "MONOSEM_READOUT_FEATURES", "top specific features per layer in the causal concept readout (each with a neuron and a "
+                                      "random direction, ablated and steered)", int, _int(1), ">= 1")
+    n_natural_texts: int = setting(128, "MONOSEM_NATURAL_TEXTS", "held-out corpus texts on which each unit's specificity on natural text is measured", int,
+                                   _int(8), ">= 8")
+    n_seeds: int = setting(3, "MONOSEM_SEEDS", "training seeds of the analysed preset (seed, seed+1, ...): the headline's spread over seeds; the other presets train once",
+                           int, _int(1, 10), "1..10")
     n_splits: int = setting(20, "MONOSEM_SPLITS", "random half/half word splits: discovery on one half, confirmation on the other", int, _int(10), ">= 10")
     random_control: bool = setting(True, "MONOSEM_RANDOM_CONTROL", "run the same pipeline on the model's architecture with random weights (negative control)",
                                    _parse_bool, _bool, "0 or 1")
@@ -236,6 +257,10 @@ class RunConfig:
         if self.sae_source is None and self.sae_preset not in self.sae_presets + (AUTO_PRESET,):
             raise MonosemError(f"MONOSEM_SAE_PRESET={self.sae_preset!r} is not among the trained presets MONOSEM_SAE_PRESETS={','.join(self.sae_presets)}; "
                                "add it there or pick one of them")
+
+    def analysed(self) -> str:
+        """The analysed preset: ``sae_preset``, or for ``auto`` ``analysed_preset(sae_presets)``."""
+        return analysed_preset(self.sae_presets) if self.sae_preset == AUTO_PRESET else self.sae_preset
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "RunConfig":
@@ -288,6 +313,11 @@ class RunConfig:
     def concepts_path(self) -> Path:
         """The concept dataset: ``concepts``, else ``<root>/data/concepts.csv``."""
         return self.concepts or self.root_dir / "data" / "concepts.csv"
+
+    @property
+    def replication_path(self) -> Path:
+        """The second word list: ``replication_words``, else ``<root>/data/concepts_wordnet.csv``."""
+        return self.replication_words or self.root_dir / "data" / "concepts_wordnet.csv"
 
     def settings(self, *names: str) -> list[dict[str, Any]]:
         """Rows (setting, value, environment variable, meaning) for ``names`` (all fields when none given)."""

@@ -56,48 +56,108 @@ def _logit_lens_sentence(s: Summary) -> str | None:
             "does not write its concept's tokens directly, not that the feature is not about its concept." + ties)
 
 
+METRIC_WORDS = {"fraction_specific": "share of units labelled specific", "specificity": "mean specificity of firing units (templates)",
+                "sensitivity": "best sensitivity of a specific unit per concept", "coverage_k5": "held-out recall of a concept's 5-unit family",
+                "probe_k1": "k = 1 probe AUROC (held out)"}
+
+
+def _verdict(row: dict) -> str:
+    lo, hi = row.get("ci_low"), row.get("ci_high")
+    if lo is None or hi is None:
+        return "no CI"
+    return "SAE higher" if lo > 0 else "neurons higher" if hi < 0 else "not told apart"
+
+
+def headline_sentences(s: Summary) -> list[str]:
+    """Per word list and metric: the paired SAE-minus-neurons difference per layer with its CI and the seed range, and a
+    verdict that claims an order only where the CI excludes 0."""
+    out = []
+    for name, rows in s.headline.items():
+        if not rows:
+            continue
+        n_seeds = rows[0].get("n_seeds", 1)
+        parts = []
+        for metric, words in METRIC_WORDS.items():
+            mrows = [r for r in rows if r["metric"] == metric]
+            if not mrows:
+                continue
+            per_layer = "; ".join(f"layer {r['layer']}: {r['sae']:.3f} vs {r['neurons']:.3f}, difference {r['difference']:+.3f} "
+                                  f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], seeds {r['seed_min']:+.3f} to {r['seed_max']:+.3f} ({_verdict(r)})"
+                                  for r in mrows)
+            groups: dict[str, list[str]] = {}
+            for r in mrows:
+                groups.setdefault(_verdict(r), []).append(str(r["layer"]))
+            overall = ", ".join(f"{v} at layer{'s' if len(ls) > 1 else ''} {', '.join(ls)}" for v, ls in groups.items())
+            seeds_agree = all((r["seed_min"] > 0) == (r["seed_max"] > 0) for r in mrows)
+            parts.append(f"{words}: {overall}{'' if seeds_agree or n_seeds < 2 else ' (the seed range crosses 0 somewhere)'} ({per_layer})")
+        out.append(f"Are SAE features more monosemantic than the model's own neurons? On the {name}, the analysed {s.sae_preset} SAE "
+                   f"(seed {s.seed}) against the MLP neurons thresholded to fire on the SAE's share of words, paired over words, 95% CI, "
+                   f"range over {n_seeds} training seed(s): " + " · ".join(parts) + ".")
+    return out
+
+
+def _specificity_definition(s: Summary) -> str:
+    sp = s.specificity
+    return (f"Definitions: a unit fires on a word at >= {sp.get('fire_fraction', 0.05):g} x its maximum over the words (rate-matched bases: on "
+            f"their top share of words); specificity = P(its top category | it fires); sensitivity = P(it fires | a word of that category); "
+            f"'specific' = a concept on top, specificity >= {sp.get('level', 0.8):g} on all words and (median over {sp.get('n_splits', 20)} "
+            f"halvings) on held-out words, top category replicated in >= {sp.get('min_replication', 0.9):.0%} of halvings, >= "
+            f"{sp.get('min_fire_words', 3)} firing words, hypergeometric p < {sp.get('alpha', 0.05):g}. Neutral frames; features encoded per "
+            "token, then pooled over the word's tokens. The reference preset is a dense autoencoder (its L0 is most of its width).")
+
+
+def _density_sentences(s: Summary) -> list[str]:
+    out = []
+    for layer in [str(L) for L in s.layers]:
+        rows = {b: by[layer] for b, by in s.scorecard.items() if layer in by and not b.startswith(CONTROL_PREFIX)}
+        if not rows or "fraction_specific" not in next(iter(rows.values())):
+            continue
+        shown = "; ".join(f"{b} {_fmt_fraction(r['fraction_specific'])} specific (shuffled categories {_fmt_fraction(r['fraction_specific_shuffle'])}), "
+                          f"density {_fmt_fraction(r['density_words_median'])} of words" for b, r in rows.items())
+        out.append(f"Layer {layer}, the label 'specific' per basis with its density (median share of words its units fire on) and its "
+                   f"label-shuffle null: {shown}.")
+        natural = [(b, r) for b, r in rows.items() if r.get("specificity_corpus_median_specific") is not None
+                   and np.isfinite(r["specificity_corpus_median_specific"])]
+        if natural:
+            out.append(f"Layer {layer}, natural text ({s.natural_text.get('tokens', '?'):,} held-out corpus tokens, WordNet lexicon): median share of a "
+                       "specific unit's top-20 tokens that are words of its concept, against units of the same basis with the same corpus firing rate: "
+                       + "; ".join(f"{b} {r['specificity_corpus_median_specific']:.2f} vs {r['specificity_corpus_random_matched']:.2f}" for b, r in natural) + ".")
+    return out
+
+
+def _probe_sentences(s: Summary) -> list[str]:
+    out = []
+    for layer in s.layers:
+        rows = [r for r in s.probes if r["layer"] == layer and r["k"] == 1]
+        if not rows:
+            continue
+        by_setting: dict[str, list[str]] = {}
+        for r in rows:
+            by_setting.setdefault(r["setting"], []).append(f"{r['basis']} {r['auroc']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]")
+        out.append(f"Layer {layer}, k = 1 probe, held-out AUROC with 95% bootstrap CI: " + " · ".join(f"{k}: {'; '.join(v)}" for k, v in by_setting.items()) + ".")
+    return out
+
+
 def findings(summary: Summary) -> list[str]:
-    """The run's findings as sentences, each computed from ``summary``."""
+    """The run's findings as sentences, each computed from ``summary``: the paired headline first."""
     s = summary
     crit = s.criterion
-    out = [f"Model: {s.model_used} (asked for {s.model_asked}); layers {s.layers}; analysed SAE preset: {s.sae_preset}. "
-           f"Final label 'selective': top category among all 8 (controls included) is a concept, confirmed on held-out words in at least "
-           f"{crit.get('min_replication', 0):.0%} of {crit.get('n_splits', '?')} word splits ({crit.get('test', 'one-sided Mann-Whitney')}, "
-           f"alpha {crit.get('alpha', s.alpha):g}), neutral frames only"
-           + (f", and not bound to one surface form (balance >= {crit['form_bound']:g})" if "form_bound" in crit else "")
-           + f" (the splits do not keep words that share a lemma, such as seven/7 or runs/running, on one side, which inflates "
-             f"replication). Reference criterion: score_reference > {s.threshold:g}."]
+    out = headline_sentences(s)
+    if s.specificity:
+        out.append(_specificity_definition(s))
+    out += _density_sentences(s) + _probe_sentences(s)
+    out.append(f"Model: {s.model_used} (asked for {s.model_asked}); layers {s.layers}; analysed SAE preset: {s.sae_preset} (fixed in advance). "
+               f"The earlier label 'selective' (reported beside, not the answer: it rewards firing often): top category among all 8 is a concept, "
+               f"confirmed on held-out words in at least {crit.get('min_replication', 0):.0%} of {crit.get('n_splits', '?')} word splits "
+               f"({crit.get('test', 'one-sided Mann-Whitney')}, alpha {crit.get('alpha', s.alpha):g}), neutral frames only. "
+               f"Reference criterion: score_reference > {s.threshold:g}.")
     for layer, row in s.per_layer.items():
-        by_concept = ", ".join(f"{c} {n}" for c, n in row.get("n_selective_by_concept", {}).items()) or "none"
         budget = f"{row['train_tokens']:,} training tokens" if "train_tokens" in row else "its training budget"
-        out.append(f"Layer {layer}, {s.sae_preset} SAE ({row.get('n_features', '?')} features, {budget}): {row.get('n_selective', 0)} selective ({by_concept}); "
-                   f"{row.get('n_monosemantic', 0)} above the reference threshold; {row.get('n_control_top', 0)} replicate with a control category on top; "
-                   f"{row.get('n_selective_category_frames', 0)} would be selective on the category frames"
-                   + (f"; {row['n_form_bound']} more pass every other test but respond to one surface form of their concept's words only, "
-                      f"so they are not counted as selective ({_form_bound_detail(row)})." if "n_form_bound" in row else "."))
-    fractions = _by_layer(s.scorecard, "fraction_selective_active")
-    probes = _by_layer(s.scorecard, "probe_k5_auroc")
-    for layer in fractions:
-        real = {b: v for b, v in fractions[layer].items() if not b.startswith(CONTROL_PREFIX)}
-        if real:
-            shares = ", ".join(_share(b, s.scorecard[b][layer]) for b in real)
-            out.append(f"Layer {layer}, selective units among active units (final label; ± one binomial standard error over units, which "
-                       f"ignores that units share words, so shares a few points apart are not told apart): {shares}.")
-        real_probe = {b: v for b, v in probes.get(layer, {}).items() if not b.startswith(CONTROL_PREFIX)}
-        if real_probe:
-            out.append(f"Layer {layer}: 5-sparse probes on held-out words (averaged over concepts and 5 word splits of one seed) reach AUROC "
-                       + "; ".join(_probe_range(name, vals) for name, vals in (
-                           ("trained SAEs, residual and MLP", [v for b, v in real_probe.items() if not b.startswith("untrained")]),
-                           ("untrained SAEs", [v for b, v in real_probe.items() if b.startswith("untrained")])) if vals) + ".")
-        control = {b: v for b, v in fractions[layer].items() if b.startswith(CONTROL_PREFIX)}
-        if control:
-            pairs = "; ".join(f"{b.split(': ', 1)[1]} {_fmt_fraction(v)} (real model {_fmt_fraction(real.get(b.split(': ', 1)[1], float('nan')))})"
-                              for b, v in control.items())
-            out.append(f"Layer {layer}: the random-weight control (same architecture, random weights, its SAE on a reduced budget) has selective "
-                       f"units among active units: {pairs}.")
-    for sentence in (_trained_vs_untrained(fractions), _untrained_beats_all(fractions)):
-        if sentence:
-            out.append(sentence)
+        by_concept = ", ".join(f"{c} {n}" for c, n in row.get("n_specific_by_concept", {}).items()) or "none"
+        out.append(f"Layer {layer}, {s.sae_preset} SAE ({row.get('n_features', '?')} features, {budget}): {row.get('n_specific', 0)} specific "
+                   f"({by_concept}); {row.get('n_selective', 0)} 'selective'; {row.get('n_monosemantic', 0)} above the reference threshold "
+                   "(the reference criterion counts any unit whose concept means are uneven, dense or not, and never looks at the control "
+                   "words, so its count is not a count of monosemantic features).")
     lens = _logit_lens_sentence(s)
     if lens:
         out.append(lens)
@@ -124,36 +184,11 @@ def _probe_range(name: str, values: list[float]) -> str:
     return f"{lo:.3f}-{hi:.3f} for the {name}{close}"
 
 
-def _untrained_beats_all(fractions: dict[str, dict[str, float]]) -> str:
-    """A sentence for each untrained SAE whose share beats every trained sparse SAE (not the dense reference) at every layer."""
-    out = []
-    for u in sorted({b for by in fractions.values() for b in by if b.startswith("untrained SAE (")}):
-        trained = lambda by: [v for b, v in by.items() if b.startswith("SAE (") and b != "SAE (reference)"]  # noqa: E731
-        if all(u in by and trained(by) and by[u] > max(trained(by)) for by in fractions.values()):
-            out.append(f"At every layer the {u} has a higher share of selective units than every trained sparse SAE "
-                       f"(by this label, training the sparse SAEs does not add concept-selective units over that random dictionary).")
-    return " ".join(out)
-
-
-def _trained_vs_untrained(fractions: dict[str, dict[str, float]]) -> str:
-    """How often an SAE's untrained initialisation (same preset and width, same data) has at least the trained SAE's share
-    of selective units among active units, over presets and layers."""
-    pairs = [(L, b[len("SAE ("):-1], v, by_basis[f"untrained {b}"]) for L, by_basis in fractions.items() for b, v in by_basis.items()
-             if b.startswith("SAE (") and f"untrained {b}" in by_basis]
-    if not pairs:
-        return ""
-    ties_or_more = [p for p in pairs if p[3] >= p[2]]
-    shown = "; ".join(f"{p} layer {L} {_fmt_fraction(t)} vs {_fmt_fraction(u)}" for L, p, t, u in ties_or_more) or "none"
-    return (f"Trained against untrained SAEs (the preset's initialisation on the same data, same width): the untrained one has at "
-            f"least the trained one's share of selective units among active units in {len(ties_or_more)} of {len(pairs)} (preset, layer) "
-            f"pairs ({shown}, trained vs untrained)" + ("; by this label, training does not reliably produce more concept-selective units."
-                                                       if 2 * len(ties_or_more) >= len(pairs) else "."))
-
-
 def scorecard_markdown(summary: Summary, key: str = "fraction_selective_active") -> str:
     """A markdown table of one scorecard key: one row per basis, one column per layer."""
     layers = [str(L) for L in summary.layers]
-    fmt = _fmt_fraction if key.startswith("fraction") else (lambda x: f"{x:.3f}")
+    share = key.startswith(("fraction", "density"))
+    fmt = lambda x: "–" if x is None or x != x else (_fmt_fraction(x) if share else f"{x:.3f}")  # noqa: E731  (NaN, None: not computed)
     rows = [f"| basis | {' | '.join(f'layer {L}' for L in layers)} |", "|---|" + "---|" * len(layers)]
     for basis, by_layer in summary.scorecard.items():
         rows.append(f"| {basis} | " + " | ".join(fmt(by_layer[L][key]) if L in by_layer else "–" for L in layers) + " |")
@@ -167,16 +202,18 @@ def readme_findings(summary: Summary, command: str = "make run") -> str:
     lines = [f"Generated by `python scripts/update_readme.py --findings <summary.json>` from the `summary.json` of `{command}` "
              f"(model {summary.model_used}, training corpus: {corpus}, seed {summary.seed}).", ""]
     lines += [f"- {sentence}" for sentence in findings(summary)]
-    lines += ["", "Selective units among active units (final label), per basis and layer:", "", scorecard_markdown(summary),
-              "", "5-sparse probe AUROC on held-out words (controls as negatives), per basis and layer:", "",
-              scorecard_markdown(summary, "probe_k5_auroc")]
+    lines += ["", "Units labelled specific among units firing on >= 3 words, per basis and layer (density-matched bases marked '@ ... density'):", "",
+              scorecard_markdown(summary, "fraction_specific"), "", "Median share of words a unit fires on (density), per basis and layer:", "",
+              scorecard_markdown(summary, "density_words_median"), "", "The earlier label 'selective' among active units, per basis and layer:", "",
+              scorecard_markdown(summary)]
     return "\n".join(lines)
 
 
 def control_lines(scorecard: pd.DataFrame, alpha: float, control_tokens: int) -> list[str]:
-    """Per control basis and layer: its share of selective units beside the real model's basis of the same kind."""
+    """Per control basis and layer: its share of units labelled specific (and the earlier label's share) beside the real
+    model's basis of the same kind."""
     records = pd.DataFrame(scorecard).to_dict(orient="records")
-    share = {(str(r["basis"]), r["layer"]): r["fraction_selective_active"] for r in records}
+    share = {(str(r["basis"]), r["layer"]): r for r in records}
     control = [r for r in records if str(r["basis"]).startswith(CONTROL_PREFIX)]
     if not control:
         return ["the random-weight control is off (MONOSEM_RANDOM_CONTROL=0)"]
@@ -184,9 +221,12 @@ def control_lines(scorecard: pd.DataFrame, alpha: float, control_tokens: int) ->
     for row in control:
         kind = str(row["basis"]).split(": ", 1)[1]
         real = share.get((kind, row["layer"]))
-        real_text = f"{real:.1%} in the real model's {kind}" if real is not None else "no real basis of that kind"
-        verdict = "at most" if row["fraction_selective_active"] <= alpha else "ABOVE"
+        real_text = (f"{real['fraction_specific']:.1%} specific in the real model's {kind}"
+                     if real is not None else "no real basis of that kind")
         budget = f", SAE trained on {control_tokens:,} tokens" if kind.startswith("SAE") else ""
-        out.append(f"layer {row['layer']}, {row['basis']}{budget}: {row['fraction_selective_active']:.1%} of {row['n_active']} active units selective "
-                   f"({verdict} alpha = {alpha:g}), against {real_text}")
+        selective = row["fraction_selective_active"]
+        earlier = (f" ({selective:.1%} of {row['n_active']} 'selective', {'at most' if selective <= alpha else 'ABOVE'} alpha = {alpha:g})"
+                   if selective == selective else "")  # NaN: the earlier label was not computed for the control
+        out.append(f"layer {row['layer']}, {row['basis']}{budget}: {row['fraction_specific']:.1%} of {row['n_firing']} firing units specific{earlier}, "
+                   f"against {real_text}")
     return out

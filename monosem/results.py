@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -22,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 
-from monosem.bases import Comparison, best_preset
+from monosem.bases import Comparison
 from monosem.cache import ActivationCache
-from monosem.config import AUTO_PRESET, MonosemError, RunConfig
+from monosem.config import AUTO_PRESET, MonosemError, RunConfig, analysed_preset
 from monosem.criterion import Criterion
 from monosem.io import atomic_write_text, read_json, slugify, write_json
 from monosem.model import ModelSpec
@@ -38,7 +40,7 @@ from monosem.selectivity import layer_summary
 
 R = TypeVar("R", "SaeMetricsFile", "Summary")  # the typed records read from JSON
 STILL_FALLING = -0.02  # a loss change over the last 10% of steps below this: training had not levelled off
-TEXT_COLUMNS = ("top_category", "top_concept_reference", "top_concept")  # category names; '' for a silent unit
+TEXT_COLUMNS = ("top_category", "top_concept_reference", "top_concept", "concept")  # category names; '' for a silent unit
 TIMING_KEYS = ("seconds", "tokens_per_second")  # vary run to run: kept in sae_metrics.json, left out of summary.json
 
 
@@ -126,6 +128,15 @@ class Summary:
     reference_study: dict[str, Any] = field(default_factory=dict)  # the reference study as it ran (notebook 03)
     logit_lens: list[dict[str, Any]] = field(default_factory=list)  # causal LMs: per top selective feature, layer, top tokens, concept AUROC
     logit_lens_words: dict[str, Any] = field(default_factory=dict)  # words that share their first token (monosem.causal.shared_first_tokens)
+    specificity: dict[str, Any] = field(default_factory=dict)  # the label 'specific' (monosem.specificity.Specificity.describe)
+    headline: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # word list -> rows of monosem.bases.headline
+    replication: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # the second word list's scorecard, basis -> layer -> keys
+    probes: list[dict[str, Any]] = field(default_factory=list)  # rows of monosem.probes.probe_table / natural_probe with basis and layer
+    coverage: list[dict[str, Any]] = field(default_factory=list)  # rows of monosem.probes.coverage_table with basis and layer
+    lexicon: dict[str, Any] = field(default_factory=dict)  # the natural-text concept lexicon: size and samples per category
+    natural_text: dict[str, Any] = field(default_factory=dict)  # held-out texts and tokens of the natural-text metrics
+    causal_readout: list[dict[str, Any]] = field(default_factory=list)  # rows of monosem.readout (concept readout of edits)
+    causal_contrast: list[dict[str, Any]] = field(default_factory=list)  # monosem.readout.kind_contrast of those rows
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -274,18 +285,35 @@ def collect_sae_metrics(mp: ModelPaths, spec: ModelSpec, presets: Sequence[str],
 def build_summary(cfg: RunConfig, spec: ModelSpec, layers: Sequence[int], presets: Sequence[str], comparison: Comparison,
                   sae_metrics_by_preset: dict[str, dict[str, dict[str, Any]]], criterion: Criterion,
                   reference_study: dict[str, Any] | None = None, preset: str | None = None,
-                  logit_lens: Sequence[dict[str, Any]] = (), logit_lens_words: dict[str, Any] | None = None) -> Summary:
+                  logit_lens: Sequence[dict[str, Any]] = (), logit_lens_words: dict[str, Any] | None = None, **extra: Any) -> Summary:
     """The ``summary.json`` record of notebook 03: settings, the analysed ``preset`` per layer (default: the configured
     one, or the imported SAEs), every preset, the scorecard, and (a causal LM) the logit lens of the top selective features
-    (rows: layer, feature, concept, top_tokens, concept_auroc)."""
+    (rows: layer, feature, concept, top_tokens, concept_auroc); ``extra``: the fields of issue 19's metrics (specificity,
+    headline, replication, probes, coverage, lexicon, natural_text, causal_readout), JSON-ready."""
     presets_summary = {p: {str(L): {**metrics_without_timing(sae_metrics_by_preset[p][str(L)]),
                                     **layer_summary(comparison.sae(p)[L], cfg.threshold)} for L in layers} for p in presets}
     preset = preset or (presets[0] if cfg.sae_source else cfg.sae_preset)
     if preset == AUTO_PRESET:
-        preset = best_preset(comparison.scorecard, presets)
+        preset = analysed_preset(list(presets))
     return Summary(spec.asked, spec.used, spec.revision, list(layers), cfg.threshold, cfg.alpha, cfg.pooling, preset, cfg.n_permutations,
                    cfg.n_bootstrap, cfg.n_splits, cfg.seed, criterion.describe(), presets_summary[preset], presets_summary,
-                   comparison.scorecard_json(), reference_study or {}, [dict(r) for r in logit_lens], dict(logit_lens_words or {}))
+                   _jsonable(comparison.scorecard_json()), reference_study or {}, [dict(r) for r in logit_lens], dict(logit_lens_words or {}),
+                   **{k: _jsonable(v) for k, v in extra.items()})
+
+
+def _jsonable(value: Any) -> Any:
+    """DataFrames as lists of records (NaN as None), numpy scalars as Python numbers, recursively."""
+    if isinstance(value, pd.DataFrame):
+        return _jsonable(value.to_dict(orient="records"))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def reference_study_json(result: ReferenceResult) -> dict[str, Any]:

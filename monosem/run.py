@@ -132,7 +132,7 @@ def analysed_saes(run: Run) -> tuple[list[int], list[str], str]:
     imported as preset 'external' (their hook names decide the layers, which notebook 01 must have extracted)."""
     cfg = run.cfg
     if not cfg.sae_source:
-        return list(run.layers), list(cfg.sae_presets), cfg.sae_preset
+        return list(run.layers), list(cfg.sae_presets), cfg.analysed()
     model_cfg = model_config(run.spec)
     layers = import_saes(run.paths, run.spec, cfg.sae_source, model_cfg.hidden_size, model_cfg.num_hidden_layers, cfg.hf_hub_offline)
     missing = sorted(set(layers) - set(run.layers))

@@ -95,6 +95,10 @@ def layer_summary(table: pd.DataFrame, threshold: float) -> dict[str, Any]:
                    n_selective_by_concept={str(c): int(n) for c, n in selective["top_category"].value_counts().sort_index().items()},
                    n_control_top=int(np.sum(table["control_top"].to_numpy())),
                    n_selective_category_frames=int(np.sum(table["selective_category_frames"].to_numpy())))
+        if "specific" in table:  # the label of monosem.specificity
+            specific = table.loc[table["specific"].to_numpy().astype(bool)]
+            out.update(n_specific=int(len(specific)),
+                       n_specific_by_concept={str(c): int(n) for c, n in specific["concept"].value_counts().sort_index().items()})
         if "form_bound" in table:  # replicated with a concept on top, but on one surface form of its words only: not selective
             bound = table.loc[table["form_bound"].to_numpy().astype(bool)]
             out.update(n_form_bound=int(len(bound)),
@@ -130,14 +134,16 @@ def top_words(wm: pd.DataFrame, feature: int, k: int = 10) -> pd.Series:
 
 
 def top_features(table: pd.DataFrame, k: int = 8, concepts: Sequence[str] = CONCEPTS) -> list[int]:
-    """The ``k`` features to show for a layer, ranked by effect size: selective ones first (by held-out AUROC), then
-    by reference score (ties: higher mean activation first); dead features never."""
+    """The ``k`` features to show for a layer: those labelled ``specific`` first (most sensitive first), then the earlier
+    label ``selective`` (by held-out AUROC), then by reference score (ties: higher mean activation first); dead features never."""
     live = table.loc[table["live"].to_numpy()]
     act_cols = [f"mean_{c}" for c in concepts if f"mean_{c}" in live]
-    order = live.assign(_sel=live["selective"] if "selective" in live else False,
+    order = live.assign(_spec=live["specific"].astype(bool) if "specific" in live else False,
+                        _sens=live["sensitivity"].fillna(0) if "sensitivity" in live else 0.0,
+                        _sel=live["selective"] if "selective" in live else False,
                         _effect=live["auroc_heldout"].fillna(0) if "auroc_heldout" in live else 0.0,
                         _score=_score(live), _act=live[act_cols].max(axis=1))
-    return order.sort_values(["_sel", "_effect", "_score", "_act"], ascending=False).head(k)["feature"].astype(int).tolist()
+    return order.sort_values(["_spec", "_sens", "_sel", "_effect", "_score", "_act"], ascending=False).head(k)["feature"].astype(int).tolist()
 
 
 def reference_pick(feats: Tensor | np.ndarray, k: int = 8) -> list[int]:

@@ -47,7 +47,7 @@ import helpers as h
 # %% tags=["parameters"]
 OVERRIDES: dict = {}  # e.g. {"sae_train_tokens": 2_000_000}; anything not set here comes from MONOSEM_* variables or the defaults
 cfg = h.RunConfig.from_env(**OVERRIDES)
-pd.DataFrame(cfg.settings("model", "layers", "massive_factor", "sae_presets", "sae_train_tokens", "sae_batch", "sae_workers", "sae_buffer_tokens", "sae_expansion", "sae_k", "seed",
+pd.DataFrame(cfg.settings("model", "layers", "massive_factor", "sae_presets", "sae_train_tokens", "sae_batch", "sae_workers", "sae_buffer_tokens", "sae_expansion", "sae_k", "seed", "n_seeds",
                           "device", "n_fidelity_texts"))
 
 # %% [markdown]
@@ -71,6 +71,9 @@ print(f"plan ({plan.why}): {plan.tokens_per_sae:,} tokens per SAE = {plan.steps}
       f"shuffle buffer: {plan.buffer_tokens:,} tokens per layer; {plan.workers} thread(s) step the SAEs")
 overrides = {p: h.preset_overrides(p, cfg.sae_expansion, cfg.sae_k) for p in cfg.sae_presets}
 jobs = [h.SAEJob(p, L, overrides[p]) for p in cfg.sae_presets for L in run.layers]
+analysed = cfg.analysed()  # the preset notebook 03 analyses: it also trains with seeds seed+1 .. seed+n_seeds-1, for the headline's spread
+replicates = [h.SAEJob(analysed, L, overrides[analysed], k) for k in range(1, cfg.n_seeds) for L in run.layers if analysed in overrides]
+print(f"analysed preset {analysed}: {cfg.n_seeds} seed(s), saved as {[h.seed_variant(analysed, k) for k in range(cfg.n_seeds)]}")
 pd.DataFrame([{"preset": p, **h.PRESETS[p], **overrides[p]} for p in cfg.sae_presets]).set_index("preset")
 
 # %% [markdown]
@@ -81,10 +84,10 @@ pd.DataFrame([{"preset": p, **h.PRESETS[p], **overrides[p]} for p in cfg.sae_pre
 # %%
 massive = run.massive_norms()  # tokens above these norms (any layer) are massive activations: left out of training (notebook 01 shows them)
 store = h.ActivationStore(model, tokenizer, run.corpus.train_texts(), run.layers, cfg.batch_size, plan.buffer_tokens, cfg.seed, device, massive=massive)
-trained = h.train_or_load_saes(run.paths, run.spec, jobs, plan, store, run.caches, run.heldout, corpus, cfg.seed, device)
+trained = h.train_or_load_saes(run.paths, run.spec, jobs + replicates, plan, store, run.caches, run.heldout, corpus, cfg.seed, device)
 records = {jk: record for jk, (_, record) in trained.items()}
 if store.tokens_run:
-    print(f"the model ran once for all {len(jobs)} SAEs: {store.tokens_run:,} corpus tokens in {store.model_seconds:.0f} s ({store.epochs} pass(es) over the corpus); "
+    print(f"the model ran once for all {len(jobs) + len(replicates)} SAEs: {store.tokens_run:,} corpus tokens in {store.model_seconds:.0f} s ({store.epochs} pass(es) over the corpus); "
           f"{store.tokens_massive:,} massive-activation tokens left out ({store.tokens_massive / max(store.tokens_run + store.tokens_massive, 1):.1%})")
 else:
     print("every SAE was loaded: trained earlier with these settings")

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -105,6 +105,21 @@ for L in layers:
                      "replication": tables[L].loc[f, "replication"], "top category (8)": tables[L].loc[f, "top_category"],
                      "top words": ", ".join(f"{w} ({concept_of[w]}, {v:.2f})" for w, v in words.items())})
 pd.DataFrame(rows).style.format(precision=3).set_caption(f"{run.spec.used}: top words of the {cfg.top_k} most selective {preset} features per layer")
+
+# %% [markdown]
+# ## Feature families
+# A concept can be split over several features ("red", "blue", "digits", "tens"): per layer and concept, its 5 most
+# sensitive units labelled *specific* (notebook 03: when the unit fires, ≥ 80% of the words are this concept, on held-out
+# words too), with the words each fires on (neutral frames, ≥ 5% of its maximum). Together they are the concept's
+# family, whose held-out recall notebook 03's coverage table reports; `specificity_corpus` is the share of the unit's
+# top-20 tokens in held-out natural text that are words of the concept.
+
+# %%
+neutral = h.frame_rows(run.df, "neutral")
+neutral_wms = {L: h.word_means(feats[L][neutral], run.df[neutral]) for L in layers}
+families = pd.concat([h.concept_families(tables[L], neutral_wms[L], c).assign(layer=L) for L in layers for c in h.CONCEPTS], ignore_index=True)
+families.set_index(["layer", "concept", "feature"]).style.format(precision=2).set_caption(
+    f"{run.spec.used}: the families of specific {preset} features per concept (most sensitive first)")
 
 # %% [markdown]
 # ## Explorer

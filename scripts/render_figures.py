@@ -55,12 +55,13 @@ def data_folder() -> Path:
 
 
 def readme_images() -> int:
-    """docs/scorecard.png (the bases compared) and docs/explorer.png (the selectivity explorer's histogram at its first
-    layer and the run's threshold) from the newest summary.json and the analysed preset's tables."""
+    """docs/headline.png and docs/headline2.png (the paired SAE-vs-neurons answer on each word list), docs/scorecard.png (the
+    bases compared) and docs/explorer.png (the selectivity explorer's histogram at its first layer and the run's threshold)
+    from the newest summary.json and the analysed preset's tables."""
     import pandas as pd
     import plotly.graph_objects as go
 
-    from monosem.viz.figures import fig_scorecard
+    from monosem.viz.figures import fig_headline, fig_scorecard
     from monosem.viz.widgets import SelectivityExplorer
 
     summaries = sorted((data_folder() / "results").glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
@@ -74,8 +75,10 @@ def readme_images() -> int:
     explorer = SelectivityExplorer(read_selectivity_tables(mp, preset, layers), f"{name} ({preset} SAE)", summary["threshold"])
     docs = ROOT / "docs"
     docs.mkdir(exist_ok=True)
-    written = write_images([(fig_scorecard(scorecard, name).to_dict(), docs / "scorecard.png"), (go.Figure(explorer.figure).to_dict(), docs / "explorer.png")],
-                           scale=1.5)
+    figures = [(fig_scorecard(scorecard, name).to_dict(), docs / "scorecard.png"), (go.Figure(explorer.figure).to_dict(), docs / "explorer.png")]
+    for i, (word_list, rows) in enumerate(summary.get("headline", {}).items()):  # the paired answer, per word list
+        figures.append((fig_headline(pd.DataFrame(rows), f"{name} ({preset} SAE), {word_list}").to_dict(), docs / f"headline{'' if i == 0 else i + 1}.png"))
+    written = write_images(figures, scale=1.5)
     print(f"README pictures from {summaries[-1]}: " + ", ".join(str(p.relative_to(ROOT)) for p in written))
     return 0
 

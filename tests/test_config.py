@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from monosem.config import PRESET_NAMES, MonosemError, RunConfig, parse_layers, settings_table_markdown
+from monosem.config import DEFAULT_PRESETS, PRESET_NAMES, MonosemError, RunConfig, parse_layers, settings_table_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -28,7 +28,8 @@ def test_defaults_without_environment():
     assert cfg == RunConfig()
     assert cfg.model is None and cfg.model_asked == "gpt2-medium"
     assert cfg.layers == (0, 1, 2, 3)
-    assert cfg.sae_presets == PRESET_NAMES and cfg.sae_preset == "auto"  # notebook 03 picks the best trained modern preset
+    assert cfg.sae_presets == DEFAULT_PRESETS and cfg.sae_preset == "auto" and cfg.analysed() == "topk"  # fixed in advance, not by the outcome
+    assert set(DEFAULT_PRESETS) <= set(PRESET_NAMES)
     assert (cfg.sae_train_tokens, cfg.sae_batch, cfg.sae_buffer_tokens, cfg.seed) == (None, None, 32768, 0)  # None: by model size and device
     assert cfg.background == "auto"
     assert (cfg.threshold, cfg.alpha, cfg.pooling, cfg.dtype) == (0.6, 0.05, "mean", "float32")
@@ -235,11 +236,12 @@ INVALID = {"model": "  ", "layers": "x", "batch_size": "0", "device": "tpu", "dt
            "n_eval_texts": "0", "n_fidelity_texts": "0", "sae_presets": "nope", "sae_train_tokens": "0", "sae_batch": "0", "sae_workers": "0", "sae_buffer_tokens": "0", "sae_expansion": "0", "sae_k": "0", "seed": "-1",
            "threshold": "2", "alpha": "1", "pooling": "max", "sae_preset": "nope", "n_permutations": "0", "n_bootstrap": "0", "n_splits": "0",
            "sae_source": "  ", "top_k": "0", "save_figures": "maybe", "hf_hub_offline": "maybe", "min_replication": "0", "random_control": "maybe",
-           "control_steps": "0", "massive_factor": "0.5"}
+           "control_steps": "0", "massive_factor": "0.5", "n_seeds": "0", "n_bootstrap_paired": "0", "n_probe_draws": "0", "n_natural_texts": "2",
+           "n_readout_texts": "0", "n_readout_features": "0"}
 
 
 def test_the_sweep_covers_every_validated_field():
-    assert set(FIELDS) - set(INVALID) == {"concepts", "data_dir", "root"}
+    assert set(FIELDS) - set(INVALID) == {"concepts", "replication_words", "data_dir", "root"}
 
 
 @pytest.mark.parametrize("name", sorted(INVALID))

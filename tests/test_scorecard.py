@@ -153,7 +153,9 @@ def test_unit_table_columns_and_values(study):
     df, acts, table, _ = study
     expected = (["feature", "score_reference", "ci_low", "ci_high", "top_concept_reference", "top_category", "replication", "auroc_heldout",
                  "n_active_words", "selective", "control_top", "form_bound", "surface_form_balance", "top_share"] + [f"mean_{c}" for c in CATEGORIES]
-                + ["selective_category_frames", "replication_category_frames", "live", "causal_effect", "causal_p"])
+                + ["selective_category_frames", "replication_category_frames", "live", "causal_effect", "causal_p"]
+                + ["concept", "specific", "specificity_templates", "specificity_heldout", "sensitivity", "separability", "density_words",
+                   "n_fire_words", "p_hypergeom", "replication_specific", "specificity_corpus", "density_tokens"])
     assert list(table.columns) == expected
     assert len(table) == acts.shape[1] and table["feature"].tolist() == list(range(acts.shape[1]))
     np.testing.assert_array_equal(table["score_reference"].to_numpy(), selectivity_table(acts, df)["score"].to_numpy())

@@ -381,17 +381,29 @@ def encode_all(sae: SAE, acts: Tensor, batch_size: int = 8192) -> Tensor:
 
 @dataclass(frozen=True)
 class SAEJob:
-    """One SAE of a run: its preset, layer and the run's overrides of the preset (``preset_overrides``)."""
+    """One SAE of a run: its preset, layer, the run's overrides of the preset (``preset_overrides``) and its seed offset
+    (0: the run's seed; k > 0: a replicate, saved as preset ``<preset>-seed<k>``)."""
 
     preset: str
     layer: int
     overrides: dict[str, Any] = field(default_factory=dict)
+    seed_offset: int = 0
+
+    @property
+    def name(self) -> str:
+        """The name it is saved and reported under: the preset, or ``<preset>-seed<k>`` for a replicate."""
+        return seed_variant(self.preset, self.seed_offset)
+
+
+def seed_variant(preset: str, offset: int) -> str:
+    """The name of ``preset``'s replicate trained with seed offset ``offset`` (the preset itself for 0)."""
+    return preset if offset == 0 else f"{preset}-seed{int(offset)}"
 
 
 def _job_settings(job: SAEJob, plan: TrainingPlan, store: ActivationStore, init_caches: Sequence[ActivationCache], spec: ModelSpec,
                   seed: int) -> dict[str, Any]:
     """Everything that determines the SAE of ``job`` (its training key hashes this)."""
-    return {"preset": job.preset, "config": {**PRESETS.get(job.preset, {}), **job.overrides}, "layer": int(job.layer), "seed": seed,
+    return {"preset": job.preset, "config": {**PRESETS.get(job.preset, {}), **job.overrides}, "layer": int(job.layer), "seed": seed + job.seed_offset,
             "train_tokens": plan.tokens_per_sae, "batch_size": plan.batch_size, "stream": store.key_inputs(),
             "init_activations": [c.key for c in init_caches], "model_revision": spec.revision, "code_version": CODE_VERSION}
 
@@ -420,8 +432,8 @@ def train_or_load_saes(mp: ModelPaths, spec: ModelSpec, jobs: Sequence[SAEJob], 
     ``heldout``: the held-out corpus texts' activations, on which FVE, L0 and the dead fraction are
     measured; ``corpus``: the corpus's name for the records. Returns {(preset, layer): (SAE, training.json record)}.
     """
-    settings = {(j.preset, j.layer): _job_settings(j, plan, store, init_caches, spec, seed) for j in jobs}
-    folders = {(j.preset, j.layer): mp.sae(j.layer, j.preset) for j in jobs}
+    settings = {(j.name, j.layer): _job_settings(j, plan, store, init_caches, spec, seed) for j in jobs}
+    folders = {(j.name, j.layer): mp.sae(j.layer, j.name) for j in jobs}
     for folder in set(f.parent for f in folders.values()):
         clean_stale_temp(folder)
     out: dict[tuple[str, int], tuple[SAE, dict]] = {}
@@ -429,16 +441,16 @@ def train_or_load_saes(mp: ModelPaths, spec: ModelSpec, jobs: Sequence[SAEJob], 
         for folder in sorted(set(folders.values())):
             locks.enter_context(file_lock(folder))
         for job in jobs:
-            jk = (job.preset, job.layer)
+            jk = (job.name, job.layer)
             loaded = _load_trained(folders[jk], hash_json(settings[jk]))
             if loaded is not None:
-                log.info("layer %d: loaded the %s SAE trained with these settings from %s", job.layer, job.preset, folders[jk])
+                log.info("layer %d: loaded the %s SAE trained with these settings from %s", job.layer, job.name, folders[jk])
                 out[jk] = loaded
-        todo = [j for j in jobs if (j.preset, j.layer) not in out]
+        todo = [j for j in jobs if (j.name, j.layer) not in out]
         if not todo:
             return out
         init_massive = massive_rows(init_caches, store.massive)  # left out of the initialisation as of training (None: keep all)
-        trainers = {(j.preset, j.layer): SAETrainer(TokenSource.from_caches(init_caches, j.layer, init_massive), j.preset, plan.steps, seed, device,
+        trainers = {(j.name, j.layer): SAETrainer(TokenSource.from_caches(init_caches, j.layer, init_massive), j.preset, plan.steps, seed + j.seed_offset, device,
                                                     **j.overrides) for j in todo}
         t0 = time.perf_counter()
         train_on_store(store, trainers, plan.batch_size, progress, plan.workers)

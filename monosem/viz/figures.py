@@ -181,3 +181,28 @@ def fig_scorecard(scorecard: pd.DataFrame, model_name: str):
     fig.update_layout(barmode="group", height=420, title=f"{model_name}: are SAE features more concept-selective than the model's own units?",
                       legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+def fig_headline(headline: pd.DataFrame, model_name: str):
+    """The paired answer: per metric (a panel each) and layer, the SAE-minus-neurons difference with its 95% CI over words
+    (error bars) and the range over training seeds (grey band); the dashed line is no difference."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    metrics = list(dict.fromkeys(headline["metric"]))
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics, horizontal_spacing=0.05)
+    for j, metric in enumerate(metrics, start=1):
+        rows = headline[headline["metric"] == metric]
+        x = rows["layer"].astype(str)
+        fig.add_trace(go.Bar(x=x, y=rows["seed_max"] - rows["seed_min"], base=rows["seed_min"], marker_color="rgba(150,150,150,0.35)",
+                             name="range over seeds", showlegend=j == 1, legendgroup="seeds"), row=1, col=j)
+        fig.add_trace(go.Scatter(x=x, y=rows["difference"], mode="markers", marker=dict(color="#d62728", size=9),
+                                 error_y=dict(type="data", symmetric=False, array=rows["ci_high"] - rows["difference"],
+                                              arrayminus=rows["difference"] - rows["ci_low"]),
+                                 name="SAE − neurons (95% CI over words)", showlegend=j == 1, legendgroup="diff"), row=1, col=j)
+        fig.add_hline(y=0, line_dash="dash", line_color="black", row=1, col=j)  # pyright: ignore[reportArgumentType]
+        fig.update_xaxes(title_text="layer", row=1, col=j)
+    fig.update_yaxes(title_text="difference (SAE − MLP neurons at the SAE's density)", row=1, col=1)
+    fig.update_layout(title=f"{model_name}: are SAE features more monosemantic than the model's neurons? (paired, per metric and layer)",
+                      height=420, width=260 * len(metrics) + 120, barmode="overlay")
+    return fig
