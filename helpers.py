@@ -49,7 +49,7 @@ from monosem.sae.presets import PRESETS, preset_overrides
 from monosem.sae.saelens import check_saelens_roundtrip
 from monosem.sae.train import SAEJob, TokenSource, seed_variant, train_or_load_saes, training_plan
 from monosem.selectivity import layer_summary, reference_pick, summary_line, top_features, top_words, word_means
-from monosem.specificity import Specificity, concept_families
+from monosem.specificity import Specificity, concept_families, density_matched, pick_by_concept
 from monosem.stats import word_data
 from monosem.store import ActivationStore
 from monosem.viz.dashboard import FeatureDashboard, build_dashboards, feature_page_html
@@ -58,7 +58,7 @@ from monosem.viz.widgets import SelectivityExplorer, WordExplorer
 
 __all__ = [
     "RunConfig",
-    "load_lexicon", "lexicon_labeller", "natural_tokens", "Specificity", "concept_families", "lemma_groups", "coverage_table", "natural_probe", "probe_table", "word_data",
+    "load_lexicon", "lexicon_labeller", "natural_tokens", "Specificity", "concept_families", "density_matched", "pick_by_concept", "lemma_groups", "coverage_table", "natural_probe", "probe_table", "word_data",
     "pick_device", "set_seed",
     "check_layers", "get_blocks", "is_causal_lm", "load_model", "mlp_signed", "resolve_model", "show_model_banner",
     "massive_report", "massive_thresholds", "norms_of_caches",

@@ -1,7 +1,7 @@
 """Time of the concept readout (monosem.readout) as the causal section of the notebooks runs it: one clean forward, then per layer
 ablate and steer 4 SAE features, 4 MLP neurons and 4 random directions (24 edits).
 
-    python bench/readout_time.py                       # SmolLM2-135M-Instruct, layers 0-3, 16 WordNet texts of 32 tokens
+    python bench/readout_time.py                       # SmolLM2-135M-Instruct, layers 0-3, 16 WordNet texts of 24 tokens
     python bench/readout_time.py --texts 16 --max-length 64 --pack-rows 32
 
 The SAE is a random-weight TopK SAE (d_sae 2304, k 32); its features are the 4 that fire on the most positions, so every
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=READOUT_MAX_LENGTH)
     ap.add_argument("--pack-rows", type=int, default=READOUT_BATCH, help="rows per edited forward (a multiple of --texts batches several edits)")
     ap.add_argument("--units", type=int, default=4, help="SAE features, MLP neurons and random directions per layer (each)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each layer; the fastest counts (on a shared machine, 2 or 3)")
     args = ap.parse_args()
     torch.manual_seed(0)
     spec = resolve_model(args.model, True, args.models_dir or RunConfig.from_env().data_path / "models")
@@ -80,18 +81,21 @@ def main() -> None:
         features = fires.topk(args.units).indices.tolist()
         neurons = torch.randperm(int(clean.batches[0].neurons[layer].shape[1]), generator=torch.Generator().manual_seed(layer))[: args.units].tolist()
         claimed = [CATEGORIES[i % len(CATEGORIES)] for i in range(args.units)]
-        before, t0 = dict(calls), time.perf_counter()
-        table = concept_edit_effects(model, tok, layer, texts, sae, features, claimed, neurons, claimed, ids, n_random=args.units,
-                                     batch_size=args.pack_rows, max_length=args.max_length, clean=clean)
-        seconds = time.perf_counter() - t0
-        per_layer.append(seconds)
-        print(f"layer {layer}: {seconds:.1f} s, {len(table)} edits, {calls['forwards'] - before['forwards']} edited forwards over "
-              f"{calls['rows'] - before['rows']} rows; features fire on {fires[features].tolist()} of {len(resid)} positions")
+        runs = []
+        for _ in range(args.repeat):
+            before, t0 = dict(calls), time.perf_counter()
+            table = concept_edit_effects(model, tok, layer, texts, sae, features, claimed, neurons, claimed, ids, n_random=args.units,
+                                         batch_size=args.pack_rows, max_length=args.max_length, clean=clean)
+            runs.append(time.perf_counter() - t0)
+        per_layer.append(min(runs))
+        print(f"layer {layer}: {min(runs):.1f} s (runs: {', '.join(f'{r:.1f}' for r in runs)}), {len(table)} edits, "
+              f"{calls['forwards'] - before['forwards']} edited forwards over {calls['rows'] - before['rows']} rows; "
+              f"features fire on {fires[features].tolist()} of {len(resid)} positions")
     handle.remove()
     total = t_clean + sum(per_layer)
-    cpu = time.process_time() - cpu_start - cpu_bare  # process CPU seconds of the readout (all threads); the plain forwards left out
+    cpu = (time.process_time() - cpu_start - cpu_bare) / args.repeat  # process CPU seconds of one readout (all threads)
     print(f"total: {total:.1f} s (clean {t_clean:.1f} s + layers {' + '.join(f'{s:.1f}' for s in per_layer)}) = {total / min(bare):.0f} plain forwards; "
-          f"{cpu:.1f} CPU-seconds; load average {open('/proc/loadavg').read().split()[0]} (other processes slow it down)")
+          f"{cpu:.1f} CPU-seconds per run; load average {open('/proc/loadavg').read().split()[0]} (other processes slow it down)")
 
 
 if __name__ == "__main__":

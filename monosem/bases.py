@@ -31,7 +31,7 @@ from monosem.sae.presets import PRESETS
 from monosem.sae.saelens import load_sae
 from monosem.sae.train import TokenSource, encode_all, train_sae, untrained_sae
 from monosem.scorecard import SCORECARD_KEYS, add_corpus_columns, scorecard_row, unit_table
-from monosem.specificity import Specificity
+from monosem.specificity import Specificity, density_matched, matched_rates
 from monosem.stats import word_data
 
 
@@ -52,8 +52,9 @@ class Basis:
         """The units' activations on held-out natural-text tokens [n_tok, n_units] (None where the basis has none)."""
         return None
 
-    def fire_rate(self, layer: int) -> tuple[float, float] | None:
-        """(share of words, share of corpus tokens) each unit is thresholded to fire on; None: its own τ x max rule."""
+    def fire_rate(self, layer: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Another basis's per-unit densities (on the words, on the corpus tokens) whose distribution this basis's units are
+        thresholded to match (``monosem.specificity.matched_rates``); None: its own τ x max rule."""
         return None
 
     def __repr__(self) -> str:
@@ -158,12 +159,12 @@ class MLPBasis(Basis):
 
 @dataclass(eq=False, repr=False)
 class RateMatched(Basis):
-    """A dense basis with each unit thresholded to fire on the share of words (and of corpus tokens) that the units of
-    another basis fire on (the median over its units, per layer): the density-matched null of that basis."""
+    """A dense basis whose units are thresholded so that the distribution of their firing rates, on the words and on
+    the corpus tokens, is another basis's (per layer; ``monosem.specificity.matched_rates``): its density-matched null."""
 
     inner: Basis
-    rates: dict[int, tuple[float, float]]  # layer -> (word rate, token rate)
-    of: str  # the name of the basis whose rates these are
+    rates: dict[int, tuple[np.ndarray, np.ndarray]]  # layer -> (per-unit word densities, per-unit token densities) of the other basis
+    of: str  # the name of the basis whose densities these are
 
     def __post_init__(self) -> None:
         self.name = f"{self.inner.name} @ {self.of} density"
@@ -174,19 +175,14 @@ class RateMatched(Basis):
     def token_activations(self, natural: NaturalTokens, layer: int) -> Tensor | None:
         return self.inner.token_activations(natural, layer)
 
-    def fire_rate(self, layer: int) -> tuple[float, float] | None:
+    def fire_rate(self, layer: int) -> tuple[np.ndarray, np.ndarray] | None:
         return self.rates[layer]
 
 
-def basis_rates(tables: dict[int, pd.DataFrame]) -> dict[int, tuple[float, float]]:
-    """Per layer, the median share of words and of corpus tokens on which a basis's firing units fire (its unit tables)."""
-    out = {}
-    for layer, t in tables.items():
-        words = t["density_words"].to_numpy()
-        tokens = t["density_tokens"].to_numpy()
-        tokens = tokens[np.isfinite(tokens) & (tokens > 0)]
-        out[layer] = (float(np.median(words[words > 0])) if (words > 0).any() else 0.01, float(np.median(tokens)) if len(tokens) else 0.01)
-    return out
+def basis_rates(tables: dict[int, pd.DataFrame]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per layer, a basis's per-unit densities on the words and on the corpus tokens (from its unit tables; NaN as 0)."""
+    return {layer: (np.nan_to_num(t["density_words"].to_numpy(dtype=np.float64)), np.nan_to_num(t["density_tokens"].to_numpy(dtype=np.float64)))
+            for layer, t in tables.items()}
 
 
 def trained_sae_basis(mp: ModelPaths, preset: str) -> SAEBasis:
@@ -276,19 +272,26 @@ def compare_bases(bases: Sequence[Basis], df: pd.DataFrame, cache: ActivationCac
     def one(job: tuple[Basis, int]) -> tuple[pd.DataFrame, dict[str, Any]]:
         basis, L = job
         acts, live = basis.activations(cache, L, pooling)
-        rate = basis.fire_rate(L)
+        target = basis.fire_rate(L)
+        tokens = basis.token_activations(natural, L) if natural is not None else None
+        word_rate = token_rate = None
+        if target is not None:  # per-unit rates whose distribution is the other basis's
+            rows = frame_rows(df, "neutral")
+            word_rate = density_matched(word_data(acts[rows], df.loc[rows]).means(), target[0], specificity.fire_fraction)
+            if tokens is not None:
+                token_density = ((tokens >= specificity.fire_fraction * tokens.max(0).values) & (tokens > 0)).float().mean(0).numpy()
+                token_rate = matched_rates(token_density, target[1])
         trained = category_frames and isinstance(basis, SAEBasis) and basis.trained  # the category-frame label only for trained SAEs (time)
-        table, rep_rate = unit_table(acts, df, live, criterion, n_boot, specificity=specificity, fire_rate=rate[0] if rate else None,
+        table, rep_rate = unit_table(acts, df, live, criterion, n_boot, specificity=specificity, fire_rate=word_rate,
                                      category_frames=trained, selective_label=selective_label)
         matched = None
-        tokens = basis.token_activations(natural, L) if natural is not None else None
         if natural is not None and tokens is not None:
-            profile = corpus_profile(tokens, natural.label, n_categories, fire_fraction=specificity.fire_fraction, fire_rate=rate[1] if rate else None)
+            profile = corpus_profile(tokens, natural.label, n_categories, fire_fraction=specificity.fire_fraction, fire_rate=token_rate)
             own = add_corpus_columns(table, profile)
             specific = table["specific"].to_numpy().astype(bool)
             units = np.flatnonzero(specific)
             matched = matched_random_precision(profile["top_precision"], profile["density_tokens"], units, own[units], specific)
-        row = scorecard_row(table, rep_rate, acts, df, threshold, criterion, specificity=specificity, fire_rate=rate[0] if rate else None,
+        row = scorecard_row(table, rep_rate, acts, df, threshold, criterion, specificity=specificity, fire_rate=word_rate,
                             random_matched=matched)
         return table, {"basis": basis.name, "layer": L, **row}
 
@@ -334,28 +337,32 @@ def random_control_bases(data: Path, spec: ModelSpec, df: pd.DataFrame, layers: 
 
 
 def headline(sae_bases: Sequence[Basis], neurons: Basis, df: pd.DataFrame, cache: ActivationCache, layers: Sequence[int],
-             rates: dict[int, tuple[float, float]], pooling: str = "mean", settings: Specificity = Specificity(), n_boot: int = 200,
-             seed: int = 0) -> pd.DataFrame:
+             rates: dict[int, tuple[np.ndarray, np.ndarray]], pooling: str = "mean", settings: Specificity = Specificity(), n_boot: int = 200,
+             seed: int = 0, untrained: Basis | None = None) -> pd.DataFrame:
     """The paired answer per layer and metric (``monosem.paired``): the first of ``sae_bases`` (seed 0) against ``neurons``
-    thresholded to the SAE's density (``rates``), with its paired CI over words, and the difference for every seed
-    replicate in ``sae_bases`` (its min and max: the spread over training seeds). Columns: layer, metric, sae, neurons,
+    thresholded to the SAE's density distribution (``rates``), and against the ``untrained`` SAE of the same architecture
+    and L0 (does training matter?), each with its paired CI over words, and the difference for every seed replicate in
+    ``sae_bases`` (its min and max: the spread over training seeds). Columns: against, layer, metric, sae, other,
     difference, ci_low, ci_high, resampling, seed_min, seed_max, n_seeds."""
     rows = frame_rows(df, "neutral")
     out = []
     for L in layers:
+        sae_words = []
+        for basis in sae_bases:
+            acts, _ = basis.activations(cache, L, pooling)
+            sae_words.append(BasisWords.of(basis.name, word_data(acts[rows], df.loc[rows]).means(), settings))
         acts, _ = neurons.activations(cache, L, pooling)
         wd = word_data(acts[rows], df.loc[rows])
         groups = lemma_groups(wd.words, wd.category)
-        neuron_words = BasisWords.of(f"{neurons.name} @ SAE density", wd.means(), settings, rates[L][0])
-        per_seed = []
-        for i, basis in enumerate(sae_bases):
-            sae_acts, _ = basis.activations(cache, L, pooling)
-            sae_words = BasisWords.of(basis.name, word_data(sae_acts[rows], df.loc[rows]).means(), settings)
-            per_seed.append(paired_comparison(sae_words, neuron_words, wd.category, groups, len(CONCEPTS), len(CATEGORIES), settings,
-                                              n_boot if i == 0 else 0, seed))
-        first = per_seed[0]
-        diffs = np.stack([t["difference"].to_numpy() for t in per_seed])
-        out.append(pd.DataFrame({"layer": L, "metric": first["metric"], "sae": first.iloc[:, 1], "neurons": first.iloc[:, 2],
-                                 "difference": first["difference"], "ci_low": first["ci_low"], "ci_high": first["ci_high"],
-                                 "resampling": first["resampling"], "seed_min": diffs.min(0), "seed_max": diffs.max(0), "n_seeds": len(per_seed)}))
+        others = [BasisWords.of(f"{neurons.name} @ SAE density", wd.means(), settings, density_matched(wd.means(), rates[L][0], settings.fire_fraction))]
+        if untrained is not None:
+            others.append(BasisWords.of(untrained.name, word_data(untrained.activations(cache, L, pooling)[0][rows], df.loc[rows]).means(), settings))
+        for other in others:
+            per_seed = [paired_comparison(a, other, wd.category, groups, len(CONCEPTS), len(CATEGORIES), settings, n_boot if i == 0 else 0, seed)
+                        for i, a in enumerate(sae_words)]
+            first = per_seed[0]
+            diffs = np.stack([t["difference"].to_numpy() for t in per_seed])
+            out.append(pd.DataFrame({"against": other.name, "layer": L, "metric": first["metric"], "sae": first.iloc[:, 1], "other": first.iloc[:, 2],
+                                     "difference": first["difference"], "ci_low": first["ci_low"], "ci_high": first["ci_high"],
+                                     "resampling": first["resampling"], "seed_min": diffs.min(0), "seed_max": diffs.max(0), "n_seeds": len(per_seed)}))
     return pd.concat(out, ignore_index=True)

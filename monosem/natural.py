@@ -99,10 +99,11 @@ def top_tokens(acts: Tensor, top_n: int = TOP_N) -> tuple[Tensor, Tensor]:
 
 
 def corpus_profile(acts: Tensor, label: np.ndarray, n_categories: int, top_n: int = TOP_N, fire_fraction: float = 0.05,
-                   fire_rate: float | None = None) -> dict[str, np.ndarray]:
+                   fire_rate: float | np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per unit of token activations ``acts`` [n_tok, n_units] (>= 0) with token categories ``label`` [n_tok]:
     top_precision [n_units, n_categories], mass_share [n_units, n_categories], density_tokens [n_units], n_top [n_units]
-    (top tokens with activation > 0). ``fire_rate``: fire on that share of tokens (the rate-matched threshold)."""
+    (top tokens with activation > 0). ``fire_rate``: fire on that share of tokens, one for all units or one per unit
+    (the density-matched threshold)."""
     acts = acts.float()
     values, rows = top_tokens(acts, top_n)
     positive = values > 0  # [k, n_units]
@@ -114,9 +115,12 @@ def corpus_profile(acts: Tensor, label: np.ndarray, n_categories: int, top_n: in
     precision = np.divide(precision, n_top[:, None], out=np.full_like(precision, np.nan), where=n_top[:, None] > 0)
     if fire_rate is None:
         cut = fire_fraction * acts.max(0).values
-    else:
-        k = max(1, int(round(fire_rate * acts.shape[0])))
-        cut = torch.topk(acts, k, dim=0).values[-1]
+    else:  # the k-th largest per unit, k = round(rate x n_tok) (one rate, or one per unit)
+        n = acts.shape[0]
+        rates = np.broadcast_to(np.asarray(fire_rate, dtype=np.float64), (acts.shape[1],))
+        k = np.where(rates > 0, np.clip(np.rint(rates * n), 1, n), 0).astype(np.int64)
+        ordered = torch.sort(acts, dim=0, descending=True).values
+        cut = torch.where(torch.from_numpy(k > 0), ordered[torch.from_numpy(np.maximum(k - 1, 0)), torch.arange(acts.shape[1])], torch.tensor(float("inf")))
     fires = (acts >= cut[None, :]) & (acts > 0)
     mass = torch.where(fires, acts, torch.zeros(()))
     onehot = torch.from_numpy((label[None, :] == np.arange(n_categories)[:, None]).astype(np.float32))  # [n_cat, n_tok]

@@ -43,7 +43,7 @@ class BasisWords:
     fire: np.ndarray  # [n_words, n_units] bool
 
     @classmethod
-    def of(cls, name: str, means: np.ndarray, settings: Specificity, fire_rate: float | None = None) -> BasisWords:
+    def of(cls, name: str, means: np.ndarray, settings: Specificity, fire_rate: float | np.ndarray | None = None) -> BasisWords:
         """The basis's firing from its word means (``fire_rate``: the rate-matched threshold)."""
         return cls(name, np.asarray(means, dtype=np.float64), firing(means, settings.fire_fraction, fire_rate))
 

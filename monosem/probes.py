@@ -114,7 +114,7 @@ def natural_probe(means: np.ndarray, category: np.ndarray, n_concepts: int, toke
 
 
 def coverage_table(means: np.ndarray, category: np.ndarray, groups: np.ndarray, concepts: Sequence[str], n_categories: int,
-                   settings: Specificity = Specificity(), fire_rate: float | None = None, ks: Sequence[int] = (1, 2, 5),
+                   settings: Specificity = Specificity(), fire_rate: float | np.ndarray | None = None, ks: Sequence[int] = (1, 2, 5),
                    n_splits: int = 10) -> pd.DataFrame:
     """Per concept and k: the held-out recall (share of the concept's words on which any of the k units fires) and
     precision (share of the words they fire on that are the concept's) of the union of the concept's k most sensitive

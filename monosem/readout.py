@@ -49,9 +49,9 @@ from monosem.layouts import mlp_out_projection, unembedding
 from monosem.model import check_layers, get_blocks, is_causal_lm
 from monosem.sae.base import SAE
 
-READOUT_MAX_LENGTH = 32  # tokens per text (the prepended separator included): SmolLM2, 4 layers x 24 edits in about a minute on 2 cores
+READOUT_MAX_LENGTH = 24  # tokens per text, the prepended separator included (cost: one forward of the texts per edit; bench/readout_time.py)
 READOUT_BATCH = 16  # texts per clean forward, and rows per edited forward (edits on a few texts share a forward)
-STEER_FRACTION = 0.25  # default steering norm, as a fraction of the median residual norm at the layer
+STEER_FRACTION = 0.25  # default steering norm, a fraction of the median residual norm at the layer (the response is not linear in it: compare at one norm)
 LOGIT_CHUNK = 512  # positions per unembedding pass
 VOCAB_BLOCK = 4096  # tokens per block of the log-normaliser ([512, 4096] float32 logits: 8 MB)
 AMBIGUOUS_WORDS: tuple[str, ...] = ("saw", "content", "tense", "bear")  # concept words whose commonest sense is another word (past of see, ...)

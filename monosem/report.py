@@ -65,34 +65,35 @@ def _verdict(row: dict) -> str:
     lo, hi = row.get("ci_low"), row.get("ci_high")
     if lo is None or hi is None:
         return "no CI"
-    return "SAE higher" if lo > 0 else "neurons higher" if hi < 0 else "not told apart"
+    return "SAE higher" if lo > 0 else "other higher" if hi < 0 else "not told apart"
 
 
 def headline_sentences(s: Summary) -> list[str]:
-    """Per word list and metric: the paired SAE-minus-neurons difference per layer with its CI and the seed range, and a
-    verdict that claims an order only where the CI excludes 0."""
+    """Per word list and comparison, per metric: the paired SAE-minus-other difference per layer with its CI and the seed
+    range, and a verdict that claims an order only where the CI excludes 0."""
     out = []
-    for name, rows in s.headline.items():
-        if not rows:
-            continue
-        n_seeds = rows[0].get("n_seeds", 1)
-        parts = []
-        for metric, words in METRIC_WORDS.items():
-            mrows = [r for r in rows if r["metric"] == metric]
-            if not mrows:
-                continue
-            per_layer = "; ".join(f"layer {r['layer']}: {r['sae']:.3f} vs {r['neurons']:.3f}, difference {r['difference']:+.3f} "
-                                  f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], seeds {r['seed_min']:+.3f} to {r['seed_max']:+.3f} ({_verdict(r)})"
-                                  for r in mrows)
-            groups: dict[str, list[str]] = {}
-            for r in mrows:
-                groups.setdefault(_verdict(r), []).append(str(r["layer"]))
-            overall = ", ".join(f"{v} at layer{'s' if len(ls) > 1 else ''} {', '.join(ls)}" for v, ls in groups.items())
-            seeds_agree = all((r["seed_min"] > 0) == (r["seed_max"] > 0) for r in mrows)
-            parts.append(f"{words}: {overall}{'' if seeds_agree or n_seeds < 2 else ' (the seed range crosses 0 somewhere)'} ({per_layer})")
-        out.append(f"Are SAE features more monosemantic than the model's own neurons? On the {name}, the analysed {s.sae_preset} SAE "
-                   f"(seed {s.seed}) against the MLP neurons thresholded to fire on the SAE's share of words, paired over words, 95% CI, "
-                   f"range over {n_seeds} training seed(s): " + " · ".join(parts) + ".")
+    for name, all_rows in s.headline.items():
+        for against in dict.fromkeys(r.get("against", "MLP neurons at the SAE's density") for r in all_rows):
+            rows = [r for r in all_rows if r.get("against", "MLP neurons at the SAE's density") == against]
+            n_seeds = rows[0].get("n_seeds", 1)
+            parts = []
+            for metric, words in METRIC_WORDS.items():
+                mrows = [r for r in rows if r["metric"] == metric]
+                if not mrows:
+                    continue
+                other = lambda r: r.get("other", r.get("neurons"))  # noqa: E731  (older summaries: 'neurons')
+                per_layer = "; ".join(f"layer {r['layer']}: {r['sae']:.3f} vs {other(r):.3f}, difference {r['difference']:+.3f} "
+                                      f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], seeds {r['seed_min']:+.3f} to {r['seed_max']:+.3f}" for r in mrows)
+                groups: dict[str, list[str]] = {}
+                for r in mrows:
+                    groups.setdefault(_verdict(r), []).append(str(r["layer"]))
+                overall = ", ".join(f"{v} at layer{'s' if len(ls) > 1 else ''} {', '.join(ls)}" for v, ls in groups.items())
+                seeds_agree = all((r["seed_min"] > 0) == (r["seed_max"] > 0) for r in mrows)
+                parts.append(f"{words}: {overall}{'' if seeds_agree or n_seeds < 2 else ' (the seed range crosses 0 somewhere)'} ({per_layer})")
+            question = ("Are SAE features more monosemantic than the model's own neurons?" if "untrained" not in against
+                        else "Does training make the SAE's features more monosemantic than its untrained initialisation of the same L0?")
+            out.append(f"{question} On the {name}, the analysed {s.sae_preset} SAE (seed {s.seed}) against {against}, paired over words, 95% CI "
+                       f"(SAE higher / other higher only where it excludes 0), range over {n_seeds} training seed(s): " + " · ".join(parts) + ".")
     return out
 
 

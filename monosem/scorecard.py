@@ -36,7 +36,7 @@ PURITY = 0.9  # share of a unit's activation mass in one category that makes it 
 
 def unit_table(acts: Tensor | np.ndarray, df: pd.DataFrame, live: np.ndarray | None = None, criterion: Criterion = Criterion(),
                n_boot: int = 1000, categories: Sequence[str] = CATEGORIES, concepts: Sequence[str] = CONCEPTS,
-               specificity: Specificity = Specificity(), fire_rate: float | None = None, category_frames: bool = True,
+               specificity: Specificity = Specificity(), fire_rate: float | np.ndarray | None = None, category_frames: bool = True,
                selective_label: bool = True) -> tuple[pd.DataFrame, float]:
     """One row per unit of word-level activations ``acts`` [n_examples, n_units], and the basis's replication rate.
 
@@ -149,7 +149,7 @@ def k_sparse_probe_auroc(means: np.ndarray, category: np.ndarray, n_concepts: in
 
 def scorecard_row(table: pd.DataFrame, replication_rate: float, acts: Tensor | np.ndarray, df: pd.DataFrame, threshold: float,
                   criterion: Criterion = Criterion(), n_probe_splits: int = 5, categories: Sequence[str] = CATEGORIES,
-                  concepts: Sequence[str] = CONCEPTS, specificity: Specificity = Specificity(), fire_rate: float | None = None,
+                  concepts: Sequence[str] = CONCEPTS, specificity: Specificity = Specificity(), fire_rate: float | np.ndarray | None = None,
                   random_matched: np.ndarray | None = None, n_shuffles: int = 5) -> dict[str, float]:
     """The scorecard (``SCORECARD_KEYS``) of one basis at one layer, from its ``unit_table`` and its activations on the neutral frames.
 
@@ -165,7 +165,8 @@ def scorecard_row(table: pd.DataFrame, replication_rate: float, acts: Tensor | n
     firing_units = table["n_fire_words"].to_numpy() >= specificity.min_fire_words
     specific = table["specific"].to_numpy().astype(bool)
     rng = np.random.default_rng(specificity.seed + 7)
-    shuffled = [unit_specificity(means[:, firing_units], rng.permutation(wd.category), len(concepts), len(categories), specificity, fire_rate)
+    rates = fire_rate[firing_units] if isinstance(fire_rate, np.ndarray) else fire_rate
+    shuffled = [unit_specificity(means[:, firing_units], rng.permutation(wd.category), len(concepts), len(categories), specificity, rates)
                 for _ in range(n_shuffles if firing_units.any() else 0)]
 
     def median(column: str, mask: np.ndarray) -> float:
@@ -188,7 +189,7 @@ def scorecard_row(table: pd.DataFrame, replication_rate: float, acts: Tensor | n
         "n_control_top": int(np.sum(table["control_top"].to_numpy())) if labelled else nan,
         "n_selective_category_frames": float(np.sum(table["selective_category_frames"].to_numpy().astype(float))),  # NaN: not computed
         "n_above_threshold": int(np.sum(table["score_reference"].to_numpy() > threshold)),
-        "fire_rate": float("nan") if fire_rate is None else float(fire_rate),
+        "fire_rate": float("nan") if fire_rate is None else float(np.median(fire_rate)),  # the median of per-unit rates
         "n_firing": n_firing,
         "n_specific": int(specific.sum()),
         "fraction_specific": float(specific.sum() / n_firing) if n_firing else 0.0,

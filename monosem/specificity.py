@@ -19,8 +19,9 @@ and it is confirmed on held-out words: over ``n_splits`` halvings of each catego
 one half is the same in at least ``min_replication`` of the splits and its specificity on the other half (threshold from
 the discovery half) has a median >= ``level`` (splits where it fires on no held-out word are left out).
 
-``fire_rate``: for a dense basis (residual stream, MLP neurons), each unit's threshold is instead set at the quantile that
-makes it fire on that share of the words: the basis is compared with a sparse one at the same density.
+``fire_rate``: for a dense basis (residual stream, MLP neurons), each unit's threshold is instead set at the rank that
+makes it fire on that share of the words (``matched_rates``: per unit, so that the basis's density distribution is the
+sparse basis's): the dense basis is compared with the sparse one at the same density.
 """
 
 from __future__ import annotations
@@ -51,18 +52,44 @@ class Specificity:
         return {**asdict(self), "fires": "word-level activation >= fire_fraction x the unit's maximum over the words, and > 0"}
 
 
-def firing(means: np.ndarray, fire_fraction: float = 0.05, fire_rate: float | None = None) -> np.ndarray:
+def rate_cut(values: np.ndarray, rate: float | np.ndarray) -> np.ndarray:
+    """Per unit of ``values`` [n, n_units], the value at or above which it fires on a share ``rate`` (scalar or [n_units])
+    of the rows: the k-th largest value, k = round(rate x n) (at least 1 for a positive rate; +inf for a rate of 0)."""
+    n = values.shape[0]
+    k = np.rint(np.broadcast_to(np.asarray(rate, dtype=np.float64), (values.shape[1],)) * n).astype(np.int64)
+    k = np.where(np.asarray(rate) > 0, np.clip(k, 1, n), 0)
+    ordered = -np.sort(-values, axis=0)  # descending per unit
+    return np.where(k > 0, ordered[np.maximum(k - 1, 0), np.arange(values.shape[1])], np.inf)
+
+
+def firing(means: np.ndarray, fire_fraction: float = 0.05, fire_rate: float | np.ndarray | None = None) -> np.ndarray:
     """Which words each unit fires on [n_words, n_units] (boolean) from word means [n_words, n_units].
 
-    Default: at >= ``fire_fraction`` x the unit's maximum (and > 0). With ``fire_rate`` in (0, 1]: at or above the unit's
-    (1 - fire_rate) quantile over the words (and > 0), so every unit fires on about that share of the words."""
+    Default: at >= ``fire_fraction`` x the unit's maximum (and > 0). With ``fire_rate`` (a share of the words, one for
+    all units or one per unit [n_units]): at or above the unit's value of that rank (and > 0), so each unit fires on
+    about that share of the words (``matched_rates`` gives per-unit rates that match another basis's densities)."""
     means = np.asarray(means, dtype=np.float64)
     if fire_rate is not None:
-        k = max(1, int(round(fire_rate * means.shape[0])))
-        cut = -np.partition(-means, k - 1, axis=0)[k - 1]  # the k-th largest value per unit
-        return (means >= cut[None, :]) & (means > 0)
+        return (means >= rate_cut(means, fire_rate)[None, :]) & (means > 0)
     peak = means.max(0)
     return (means >= fire_fraction * peak[None, :]) & (peak[None, :] > 0) & (means > 0)
+
+
+def matched_rates(natural_density: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-unit firing rates [n_units] whose distribution is ``target`` [m] (another basis's per-unit densities), given to
+    the units in the order of their own ``natural_density`` [n_units] (the τ x max rule): the densest unit gets the
+    target's highest density. A dense basis thresholded so is matched to a sparse one in the whole density distribution,
+    not only in its median."""
+    n = len(natural_density)
+    ranks = np.argsort(np.argsort(natural_density, kind="stable"), kind="stable")
+    quantiles = ranks / max(n - 1, 1)
+    return np.quantile(np.sort(np.asarray(target, dtype=np.float64)), quantiles, method="nearest")
+
+
+def density_matched(means: np.ndarray, target: np.ndarray, fire_fraction: float = 0.05) -> np.ndarray:
+    """Per-unit rates [n_units] for word means [n_words, n_units] whose distribution is ``target`` (``matched_rates`` on
+    the units' own densities by the τ x max rule)."""
+    return matched_rates(firing(means, fire_fraction).mean(0), target)
 
 
 def category_counts(fire: np.ndarray, category: np.ndarray, n_categories: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -140,7 +167,7 @@ def split_halves(category: np.ndarray, n_splits: int, seed: int = 0, groups: np.
 
 
 def unit_specificity(means: np.ndarray, category: np.ndarray, n_concepts: int, n_categories: int, settings: Specificity = Specificity(),
-                     fire_rate: float | None = None, groups: np.ndarray | None = None, names: list[str] | None = None) -> pd.DataFrame:
+                     fire_rate: float | np.ndarray | None = None, groups: np.ndarray | None = None, names: list[str] | None = None) -> pd.DataFrame:
     """Per unit of word means [n_words, n_units] (``category`` [n_words], concepts first): the columns of the module docstring.
 
     Columns: concept (top category name, '' if silent), specific, specificity_templates, specificity_heldout, sensitivity,
@@ -161,7 +188,8 @@ def unit_specificity(means: np.ndarray, category: np.ndarray, n_concepts: int, n
     candidate = (top >= 0) & (top < n_concepts) & (specificity >= settings.level) & (n_fire >= settings.min_fire_words) & (p < settings.alpha)
     heldout, replication = np.full(len(top), np.nan), np.full(len(top), np.nan)  # confirmed only where it can decide the label
     if candidate.any():
-        heldout[candidate], replication[candidate] = _confirm(means[:, candidate], category, n_categories, top[candidate], settings, fire_rate, groups)
+        rates = fire_rate[candidate] if isinstance(fire_rate, np.ndarray) else fire_rate
+        heldout[candidate], replication[candidate] = _confirm(means[:, candidate], category, n_categories, top[candidate], settings, rates, groups)
     names_arr = np.asarray((names or [str(c) for c in range(n_categories)]) + [""])
     specific = candidate & (heldout >= settings.level) & (replication >= settings.min_replication)
     return pd.DataFrame({"concept": names_arr[top], "specific": specific, "specificity_templates": specificity, "specificity_heldout": heldout,
@@ -170,7 +198,7 @@ def unit_specificity(means: np.ndarray, category: np.ndarray, n_concepts: int, n
                          "replication_specific": replication})
 
 
-def _confirm(means: np.ndarray, category: np.ndarray, n_categories: int, top: np.ndarray, settings: Specificity, fire_rate: float | None,
+def _confirm(means: np.ndarray, category: np.ndarray, n_categories: int, top: np.ndarray, settings: Specificity, fire_rate: float | np.ndarray | None,
              groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Median held-out specificity of the discovery-half top category, and the share of splits whose discovery top is ``top``."""
     halves = split_halves(category, settings.n_splits, settings.seed, groups)
@@ -186,8 +214,7 @@ def _confirm(means: np.ndarray, category: np.ndarray, n_categories: int, top: np
         if fire_rate is None:  # the discovery half's threshold applied to the held-out words
             cut = settings.fire_fraction * means[half].max(0)
         else:
-            k = max(1, int(round(fire_rate * half.sum())))
-            cut = -np.partition(-means[half], k - 1, axis=0)[k - 1]
+            cut = rate_cut(means[half], fire_rate)
         fire_h = (means[~half] >= cut[None, :]) & (means[~half] > 0)
         counts_h = category_counts(fire_h, category[~half], n_categories)
         total = counts_h.sum(0)
@@ -215,3 +242,23 @@ def concept_families(table: pd.DataFrame, word_means: pd.DataFrame, concept: str
                     "sensitivity": float(r["sensitivity"]), "specificity_corpus": float(r.get("specificity_corpus", np.nan)),
                     "fires on": ", ".join(w for _, w in fired[:max_words]) + (f" (+{len(fired) - max_words})" if len(fired) > max_words else "")})
     return pd.DataFrame(out, columns=["concept", "feature", "specificity", "sensitivity", "specificity_corpus", "fires on"])
+
+
+def pick_by_concept(table: pd.DataFrame, k: int, concepts: list[str] | tuple[str, ...], specific_only: bool = True) -> list[tuple[int, str]]:
+    """Up to ``k`` (unit, concept) pairs of a unit table taken in turn from each concept (most sensitive first, then most
+    specific), so a test of "the top units" is not four units of one concept; ``specific_only`` False: any unit whose
+    top category is the concept (for a basis with few specific units), specific ones first."""
+    queues = {}
+    for c in concepts:
+        keep = table["concept"].to_numpy() == c
+        if specific_only:
+            keep &= table["specific"].to_numpy().astype(bool)
+        rows = table.loc[keep].assign(_s=table.loc[keep, "specific"].astype(bool))
+        rows = rows.sort_values(by=["_s", "sensitivity", "specificity_templates"], ascending=False, kind="stable")
+        queues[c] = [int(f) for f in rows["feature"]]
+    out: list[tuple[int, str]] = []
+    while len(out) < k and any(queues.values()):
+        for c in concepts:
+            if queues[c] and len(out) < k:
+                out.append((queues[c].pop(0), c))
+    return out

@@ -77,7 +77,7 @@ comparison = h.compare_bases(bases, run.df, run.concepts, layers, cfg.pooling, c
                              specificity=specificity, natural=natural)
 nulls = dict(specificity=specificity, natural=natural, selective_label=False)  # seeds and nulls: the new metrics only (the earlier label takes time)
 comparison = comparison.merged(h.compare_bases(replicates, run.df, run.concepts, layers, cfg.pooling, cfg.threshold, criterion, cfg.n_bootstrap, **nulls))
-rates = h.basis_rates(comparison.sae(preset))  # per layer: the median share of words / corpus tokens the analysed SAE's units fire on
+rates = h.basis_rates(comparison.sae(preset))  # per layer: the share of words / corpus tokens each of the analysed SAE's units fires on
 mlp_basis = next(b for b in bases if isinstance(b, h.MLPBasis))
 matched = [h.RateMatched(mlp_basis, rates, f"SAE ({preset})"), h.RateMatched(h.ResidualBasis(rotation_seed=cfg.seed), rates, f"SAE ({preset})")]
 comparison = comparison.merged(h.compare_bases(matched, run.df, run.concepts, layers, cfg.pooling, cfg.threshold, criterion, cfg.n_bootstrap, **nulls))
@@ -201,20 +201,22 @@ scorecard.set_index(["basis", "layer"])[spec_cols].style.format(precision=3).for
 
 # %% [markdown]
 # ## The headline: are SAE features more monosemantic than the model's own neurons?
-# Paired on the same words: the analysed SAE (seed 0) against the MLP neurons thresholded to fire on the SAE's share of
-# words, per metric and layer, with a 95% CI over words (a lemma's forms drawn together; the label's metrics by
+# Paired on the same words: the analysed SAE (seed 0) against the MLP neurons, each thresholded so that the neurons'
+# firing rates have the SAE's distribution (the densest neuron gets the densest feature's rate), and against the
+# untrained SAE of the same architecture and L0 (is it training, or the TopK encoder, that makes units specific?), per metric and layer, with a 95% CI over words (a lemma's forms drawn together; the label's metrics by
 # half-sampling, coverage and the probe by the bootstrap; `monosem.paired` says why) and the range of the difference over
 # the SAE's training seeds. `coverage_k5`: held-out recall of the union of a concept's 5 most sensitive specific units
 # (a concept split into several features is covered by its family); `probe_k1`: held-out AUROC of the single best unit.
 # A difference whose CI contains 0 is no answer either way.
 
 # %%
-answer = h.headline(seed_bases, mlp_basis, run.df, run.concepts, layers, rates, cfg.pooling, specificity, cfg.n_bootstrap_paired, cfg.seed)
+untrained = next((b for b in bases if isinstance(b, h.SAEBasis) and not b.trained), None)  # same architecture and L0, never trained
+answer = h.headline(seed_bases, mlp_basis, run.df, run.concepts, layers, rates, cfg.pooling, specificity, cfg.n_bootstrap_paired, cfg.seed, untrained)
 fig_answer = h.fig_headline(answer, f"{run.spec.used} ({preset} SAE)")
 h.save_figure(run.paths, fig_answer, "03_headline", cfg.save_figures)
 fig_answer.show()
-answer.style.format(precision=3).set_caption(f"{run.spec.used}: SAE ({preset}) − MLP neurons at the SAE's density, paired over words; "
-                                             f"seed_min/seed_max over {len(seed_bases)} training seed(s)")
+answer.style.format(precision=3).set_caption(f"{run.spec.used}: SAE ({preset}) − MLP neurons at the SAE's density, and − the untrained SAE, "
+                                             f"paired over words; seed_min/seed_max over {len(seed_bases)} training seed(s)")
 
 # %% [markdown]
 # ## Probes and coverage
@@ -245,8 +247,9 @@ display(probes.pivot_table(index=["basis", "setting", "k"], columns="layer", val
 for basis, rate in [(seed_bases[0], None), (mlp_basis, rates)]:
     for L in layers:
         words = h.word_data(basis.activations(run.concepts, L, cfg.pooling)[0][neutral_rows], run.df.loc[neutral_rows])
+        word_rate = h.density_matched(words.means(), rate[L][0], specificity.fire_fraction) if rate else None  # the SAE's density distribution
         coverage_rows.append(h.coverage_table(words.means(), words.category, h.lemma_groups(words.words, words.category), list(h.CONCEPTS),
-                                              len(h.CATEGORIES), specificity, rate[L][0] if rate else None)
+                                              len(h.CATEGORIES), specificity, word_rate)
                              .assign(basis=basis.name + (" @ SAE density" if rate else ""), layer=L))
 coverage = pd.concat(coverage_rows, ignore_index=True)
 display(coverage.pivot_table(index=["basis", "concept"], columns=["k", "layer"], values="recall").style.format("{:.2f}")
@@ -271,7 +274,7 @@ comparison2 = h.compare_bases(replication_bases, df2, cache2, layers, cfg.poolin
 rates2 = h.basis_rates(comparison2.sae(preset))
 comparison2 = comparison2.merged(h.compare_bases([h.RateMatched(mlp_basis, rates2, f"SAE ({preset})")], df2, cache2, layers, cfg.pooling,
                                                  cfg.threshold, criterion, cfg.n_bootstrap, **nulls))
-answer2 = h.headline(seed_bases, mlp_basis, df2, cache2, layers, rates2, cfg.pooling, specificity, cfg.n_bootstrap_paired, cfg.seed)
+answer2 = h.headline(seed_bases, mlp_basis, df2, cache2, layers, rates2, cfg.pooling, specificity, cfg.n_bootstrap_paired, cfg.seed, untrained)
 fig_answer2 = h.fig_headline(answer2, f"{run.spec.used} ({preset} SAE), second word list")
 h.save_figure(run.paths, fig_answer2, "03_headline_list2", cfg.save_figures)
 fig_answer2.show()
@@ -299,15 +302,15 @@ if h.is_causal_lm(model):
     clean = h.clean_readout(model, tokenizer, readout_texts, layers, ids)
     matched_tables = comparison.of(matched[0].name)
     for L in layers:
-        t = tables[L]
-        features = h.top_features(t.loc[t["specific"]], cfg.n_readout_features)
-        if not features:
+        picked = h.pick_by_concept(tables[L], cfg.n_readout_features, h.CONCEPTS)  # in turn from each concept, most sensitive first
+        if not picked:
             continue
-        concepts = t.set_index("feature").loc[features, "concept"].tolist()
-        m = matched_tables[L]
-        neurons = [int(m[m["concept"] == c].sort_values(["specific", "sensitivity", "specificity_templates"], ascending=False)["feature"].iloc[0])
-                   for c in concepts]  # the neuron of a ± unit
-        neurons = [n % h.mlp_output_weight(model, L).shape[1] for n in neurons]
+        features, concepts = [f for f, _ in picked], [c for _, c in picked]
+        d_mlp = h.mlp_output_weight(model, L).shape[1]
+        neuron_of = {c: [u % d_mlp for u, _ in h.pick_by_concept(matched_tables[L], 10**6, [c], specific_only=False)] for c in set(concepts)}
+        neurons = []
+        for c in concepts:  # the most specific neuron of the concept not taken yet (a ± unit's neuron)
+            neurons.append(next(n for n in neuron_of[c] if n not in neurons))
         readout_rows.append(h.concept_edit_effects(model, tokenizer, L, readout_texts, comparison.sae_of(preset, L), features, concepts, neurons, concepts,
                                                    ids, n_random=len(features), seed=cfg.seed, clean=clean))
 readout = pd.concat(readout_rows, ignore_index=True) if readout_rows else pd.DataFrame()

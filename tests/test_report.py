@@ -46,7 +46,7 @@ def test_the_headline_leads_and_claims_an_order_only_where_the_ci_excludes_zero(
     assert "mean specificity of firing units (templates): not told apart at layers 0, 1" in text[0]  # CI [-0.02, 0.03] holds 0
     assert "difference +0.100 [+0.080, +0.130], seeds +0.090 to +0.110" in text[0] and "range over 3 training seed(s)" in text[0]
     lower = Summary(**{**summary().__dict__, "headline": {"second word list": headline_rows(-0.3, -0.2)}})
-    assert "k = 1 probe AUROC (held out): neurons higher at layers 0, 1" in headline_sentences(lower)[0]
+    assert "k = 1 probe AUROC (held out): other higher at layers 0, 1" in headline_sentences(lower)[0]
 
 
 def test_findings_state_definitions_density_and_the_natural_text_null():
@@ -69,3 +69,11 @@ def test_control_lines_compare_the_label_with_the_real_model():
 def test_readme_block_has_the_tables():
     block = readme_findings(summary())
     assert "| SAE (topk) | 5.0% | 4.0% |" in block and "| MLP neurons ± @ SAE (topk) density | 1.5% | 1.5% |" in block
+
+
+def test_the_untrained_comparison_asks_whether_training_matters():
+    rows = [{**r, "against": "untrained SAE (topk)", "other": r["neurons"]} for r in headline_rows(-0.02, 0.03)]
+    s = Summary(**{**summary().__dict__, "headline": {"first word list": rows}})
+    sentence = headline_sentences(s)[0]
+    assert sentence.startswith("Does training make the SAE's features more monosemantic than its untrained initialisation")
+    assert "against untrained SAE (topk)" in sentence

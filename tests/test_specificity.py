@@ -115,3 +115,27 @@ def test_concept_families_list_the_most_sensitive_specific_units_with_their_word
     fam = concept_families(table, means, "colors")
     assert fam["feature"].tolist() == [0, 1] and fam["fires on"].tolist() == ["red, blue", "green"]  # not the unit that is not specific
     assert concept_families(table, means, "numbers").empty
+
+
+def test_units_are_picked_in_turn_from_each_concept():
+    import pandas as pd
+
+    from monosem.specificity import pick_by_concept
+
+    table = pd.DataFrame({"feature": range(6), "concept": ["numbers"] * 4 + ["colors", "colors"], "specific": [True, True, True, True, True, False],
+                          "sensitivity": [0.9, 0.8, 0.7, 0.6, 0.5, 0.99], "specificity_templates": [1.0] * 6})
+    assert pick_by_concept(table, 3, ["numbers", "colors"]) == [(0, "numbers"), (4, "colors"), (1, "numbers")]
+    assert pick_by_concept(table, 10, ["colors"], specific_only=False) == [(4, "colors"), (5, "colors")]  # specific first
+
+
+def test_density_matching_gives_the_dense_basis_the_sparse_basis_density_distribution():
+    from monosem.specificity import density_matched, matched_rates
+
+    rng = np.random.default_rng(7)
+    target = np.r_[np.zeros(10), np.full(20, 0.02), np.full(10, 0.1)]
+    dense = rng.normal(0, 1, (len(CATEGORY), 40)) + np.linspace(0, 2, 40)[None, :]  # later units denser by the τ x max rule
+    rates = density_matched(dense, target)
+    assert sorted(rates.tolist()) == sorted(target.tolist())
+    fire = firing(dense, fire_rate=rates)
+    assert sorted(fire.mean(0).round(3).tolist()) == sorted(np.round(np.rint(target * len(CATEGORY)) / len(CATEGORY), 3).tolist())
+    assert matched_rates(np.array([0.5, 0.1, 0.9]), np.array([0.0, 0.01, 0.2])).tolist() == [0.01, 0.0, 0.2]  # rank order kept

@@ -184,25 +184,30 @@ def fig_scorecard(scorecard: pd.DataFrame, model_name: str):
 
 
 def fig_headline(headline: pd.DataFrame, model_name: str):
-    """The paired answer: per metric (a panel each) and layer, the SAE-minus-neurons difference with its 95% CI over words
-    (error bars) and the range over training seeds (grey band); the dashed line is no difference."""
+    """The paired answer: per metric (a panel each), layer and comparison (``against``: a colour each), the SAE-minus-other
+    difference with its 95% CI over words (error bars) and the range over training seeds (a band); the dashed line is no
+    difference."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     metrics = list(dict.fromkeys(headline["metric"]))
+    against = list(dict.fromkeys(headline["against"])) if "against" in headline else [""]
+    colours = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics, horizontal_spacing=0.05)
     for j, metric in enumerate(metrics, start=1):
-        rows = headline[headline["metric"] == metric]
-        x = rows["layer"].astype(str)
-        fig.add_trace(go.Bar(x=x, y=rows["seed_max"] - rows["seed_min"], base=rows["seed_min"], marker_color="rgba(150,150,150,0.35)",
-                             name="range over seeds", showlegend=j == 1, legendgroup="seeds"), row=1, col=j)
-        fig.add_trace(go.Scatter(x=x, y=rows["difference"], mode="markers", marker=dict(color="#d62728", size=9),
-                                 error_y=dict(type="data", symmetric=False, array=rows["ci_high"] - rows["difference"],
-                                              arrayminus=rows["difference"] - rows["ci_low"]),
-                                 name="SAE − neurons (95% CI over words)", showlegend=j == 1, legendgroup="diff"), row=1, col=j)
+        for i, other in enumerate(against):
+            rows = headline[(headline["metric"] == metric) & ((headline["against"] == other) if "against" in headline else True)]
+            x = rows["layer"].astype(float) + (i - (len(against) - 1) / 2) * 0.2
+            colour = colours[i % len(colours)]
+            fig.add_trace(go.Bar(x=x, y=rows["seed_max"] - rows["seed_min"], base=rows["seed_min"], width=0.12, marker_color=colour, opacity=0.25,
+                                 name=f"range over seeds (vs {other})", showlegend=j == 1, legendgroup=f"seeds{i}"), row=1, col=j)
+            fig.add_trace(go.Scatter(x=x, y=rows["difference"], mode="markers", marker=dict(color=colour, size=8),
+                                     error_y=dict(type="data", symmetric=False, array=rows["ci_high"] - rows["difference"],
+                                                  arrayminus=rows["difference"] - rows["ci_low"]),
+                                     name=f"SAE − {other} (95% CI over words)", showlegend=j == 1, legendgroup=f"diff{i}"), row=1, col=j)
         fig.add_hline(y=0, line_dash="dash", line_color="black", row=1, col=j)  # pyright: ignore[reportArgumentType]
-        fig.update_xaxes(title_text="layer", row=1, col=j)
-    fig.update_yaxes(title_text="difference (SAE − MLP neurons at the SAE's density)", row=1, col=1)
-    fig.update_layout(title=f"{model_name}: are SAE features more monosemantic than the model's neurons? (paired, per metric and layer)",
-                      height=420, width=260 * len(metrics) + 120, barmode="overlay")
+        fig.update_xaxes(title_text="layer", tickvals=sorted(set(headline["layer"])), row=1, col=j)
+    fig.update_yaxes(title_text="difference (SAE − other basis)", row=1, col=1)
+    fig.update_layout(title=f"{model_name}: are SAE features more monosemantic? (paired over words, per metric and layer)",
+                      height=460, width=260 * len(metrics) + 160, barmode="overlay", legend=dict(orientation="h", y=-0.25))
     return fig
