@@ -231,7 +231,7 @@ class RunConfig:
     n_bootstrap_paired: int = setting(200, "MONOSEM_BOOTSTRAP_PAIRED", "draws of the paired SAE-vs-neurons comparison (each recomputes every metric of both bases)",
                                       int, _int(1), ">= 1")
     n_probe_draws: int = setting(40, "MONOSEM_PROBE_DRAWS", "bootstrap draws of each probe's CI", int, _int(1), ">= 1")
-    n_readout_texts: int = setting(16, "MONOSEM_READOUT_TEXTS", "held-out corpus texts of the causal concept readout (each cut at 32 tokens)", int, _int(1), ">= 1")
+    n_readout_texts: int = setting(16, "MONOSEM_READOUT_TEXTS", "held-out corpus texts of the causal concept readout (each cut at monosem.readout.READOUT_MAX_LENGTH tokens)", int, _int(1), ">= 1")
     n_readout_features: int = setting(4, "MONOSEM_READOUT_FEATURES", "top specific features per layer in the causal concept readout (each with a neuron and a "
                                       "random direction, ablated and steered)", int, _int(1), ">= 1")
     n_natural_texts: int = setting(128, "MONOSEM_NATURAL_TEXTS", "held-out corpus texts on which each unit's specificity on natural text is measured", int,

@@ -40,7 +40,7 @@ def _form_bound_detail(row: dict) -> str:
 
 
 def _logit_lens_sentence(s: Summary) -> str | None:
-    """Whether the top selective features' decoder directions promote their concept's words (causal LMs; None otherwise)."""
+    """Whether the top specific features' decoder directions promote their concept's words (causal LMs; None otherwise)."""
     aurocs = np.array([r["concept_auroc"] for r in s.logit_lens if r.get("concept_auroc") is not None and np.isfinite(r["concept_auroc"])])
     if not len(aurocs):
         return None
@@ -48,7 +48,7 @@ def _logit_lens_sentence(s: Summary) -> str | None:
     words = s.logit_lens_words
     ties = (f" A word is scored by its first token, and {words['n_sharing']} of the {words['n_words']} words share theirs with another word "
             f"({'; '.join(words['examples'])}), so their scores tie." if words.get("n_sharing") else "")
-    return (f"Logit lens (each decoder direction through the model's final norm and unembedding) of the {len(aurocs)} top selective "
+    return (f"Logit lens (each decoder direction through the model's final norm and unembedding) of the {len(aurocs)} top specific "
             f"{s.sae_preset} features of layers {layers}: AUROC of their concept's words against all other words of the dataset, median "
             f"{np.median(aurocs):.2f} (range {aurocs.min():.2f}-{aurocs.max():.2f}); {int((aurocs > 0.75).sum())} of {len(aurocs)} above 0.75, "
             f"{int((aurocs > 0.5).sum())} above 0.5 (0.5: no preference for the concept's words; 1: they are promoted above every other word). "
@@ -56,7 +56,7 @@ def _logit_lens_sentence(s: Summary) -> str | None:
             "does not write its concept's tokens directly, not that the feature is not about its concept." + ties)
 
 
-METRIC_WORDS = {"fraction_specific": "share of units labelled specific", "specificity": "mean specificity of firing units (templates)",
+METRIC_WORDS = {"fraction_specific": "share of firing units passing the label's full-data tests (its split confirmation left out)", "specificity": "mean specificity of firing units (templates)",
                 "sensitivity": "best sensitivity of a specific unit per concept", "coverage_k5": "held-out recall of a concept's 5-unit family",
                 "probe_k1": "k = 1 probe AUROC (held out)"}
 
@@ -97,6 +97,28 @@ def headline_sentences(s: Summary) -> list[str]:
     return out
 
 
+def _source_sentence(s: Summary) -> str | None:
+    """Where the SAE beats the neurons but not its own untrained initialisation: the advantage comes from the sparse code,
+    not from training (per word list and metric, the layers where that holds)."""
+    parts = []
+    for name, rows in s.headline.items():
+        by = {(r.get("against", ""), r["metric"], r["layer"]): _verdict(r) for r in rows}
+        neurons = [a for a in dict.fromkeys(r.get("against", "") for r in rows) if "untrained" not in a]
+        untrained = [a for a in dict.fromkeys(r.get("against", "") for r in rows) if "untrained" in a]
+        if not neurons or not untrained:
+            continue
+        for metric in METRIC_WORDS:
+            layers = sorted({L for (a, m, L), v in by.items() if a == neurons[0] and m == metric and v == "SAE higher"
+                             and by.get((untrained[0], metric, L)) != "SAE higher"})
+            if layers:
+                parts.append(f"{name}, {metric} at layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}")
+    if not parts:
+        return None
+    return ("Where the SAE beats the neurons but is not told apart from its untrained initialisation of the same L0, the advantage comes "
+            "from the sparse TopK code over the residual stream, not from training: " + "; ".join(parts) + ". The CIs are over words only; "
+            "a review found the spread from which units a basis happens to have about as large, so the seed range stands beside each.")
+
+
 def _specificity_definition(s: Summary) -> str:
     sp = s.specificity
     return (f"Definitions: a unit fires on a word at >= {sp.get('fire_fraction', 0.05):g} x its maximum over the words (rate-matched bases: on "
@@ -122,7 +144,10 @@ def _density_sentences(s: Summary) -> list[str]:
         if natural:
             out.append(f"Layer {layer}, natural text ({s.natural_text.get('tokens', '?'):,} held-out corpus tokens, WordNet lexicon): median share of a "
                        "specific unit's top-20 tokens that are words of its concept, against units of the same basis with the same corpus firing rate: "
-                       + "; ".join(f"{b} {r['specificity_corpus_median_specific']:.2f} vs {r['specificity_corpus_random_matched']:.2f}" for b, r in natural) + ".")
+                       + "; ".join(f"{b} {r['specificity_corpus_median_specific']:.2f} vs {r['specificity_corpus_random_matched']:.2f}"
+                                   + (f" (n = {r['n_specific']}, {r['specificity_corpus_zero_share']:.0%} at 0)" if r.get("specificity_corpus_zero_share") is not None else "")
+                                   for b, r in natural) + ". The lexicon's words are a small share of the tokens, so a random unit's "
+                       "precision is near 0 and 'above random' is a low bar.")
     return out
 
 
@@ -144,6 +169,9 @@ def findings(summary: Summary) -> list[str]:
     s = summary
     crit = s.criterion
     out = headline_sentences(s)
+    source = _source_sentence(s)
+    if source:
+        out.append(source)
     if s.specificity:
         out.append(_specificity_definition(s))
     out += _density_sentences(s) + _probe_sentences(s)

@@ -29,7 +29,7 @@ SCORECARD_KEYS = ("n_units", "n_active", "n_selective", "fraction_selective_acti
                   "probe_k1_auroc", "probe_k5_auroc", "n_control_top", "n_selective_category_frames", "n_above_threshold",
                   "fire_rate", "n_firing", "n_specific", "fraction_specific", "fraction_specific_shuffle", "specificity_median",
                   "specificity_median_shuffle", "sensitivity_median_specific", "separability_median", "density_words_median",
-                  "density_tokens_median", "specificity_corpus_median_specific", "specificity_corpus_random_matched")
+                  "density_tokens_median", "specificity_corpus_median_specific", "specificity_corpus_random_matched", "specificity_corpus_zero_share")
 SPECIFIC_COLUMNS = ("concept", "specific", "specificity_templates", "specificity_corpus", "sensitivity", "separability", "density_words", "density_tokens")
 PURITY = 0.9  # share of a unit's activation mass in one category that makes it "pure"
 
@@ -175,6 +175,7 @@ def scorecard_row(table: pd.DataFrame, replication_rate: float, acts: Tensor | n
         return float(np.median(values)) if len(values) else float("nan")
 
     n_firing = int(firing_units.sum())
+    corpus = table["specificity_corpus"].to_numpy(dtype=np.float64)[specific]  # the specific units' natural-text precision
     labelled, nan = bool(table["replication"].notna().any()), float("nan")  # the earlier label computed (unit_table's selective_label)
     return {
         "n_units": int(len(table)),
@@ -203,6 +204,7 @@ def scorecard_row(table: pd.DataFrame, replication_rate: float, acts: Tensor | n
         "specificity_corpus_median_specific": median("specificity_corpus", specific),
         "specificity_corpus_random_matched": float(np.nanmedian(random_matched)) if random_matched is not None and np.isfinite(random_matched).any()
         else float("nan"),
+        "specificity_corpus_zero_share": float(np.mean(corpus[np.isfinite(corpus)] == 0)) if np.isfinite(corpus).any() else float("nan"),
     }
 
 

@@ -70,7 +70,7 @@ natural = h.natural_tokens(model, tokenizer, run.corpus.heldout_texts()[: cfg.n_
 print(f"natural text: {natural.n_tokens:,} held-out corpus tokens, {(natural.label >= 0).sum():,} of them words of a category's lexicon")
 overrides = {p: h.preset_overrides(p, cfg.sae_expansion, cfg.sae_k) for p in presets if p in h.PRESETS}
 bases = h.standard_bases(run.paths, presets, run.caches, cfg.seed, overrides, mlp_signed=h.mlp_signed(run.spec),  # a gated MLP's neurons are signed: ± units
-                         massive=run.massive_norms(), untrained=[preset] if preset in h.PRESETS else [])  # the untrained SAE: same architecture and L0
+                         massive=run.massive_norms(), untrained=[preset])  # the untrained SAE: same architecture and L0 (external: a fresh one of its shape)
 replicates = [h.trained_sae_basis(run.paths, h.seed_variant(preset, k)) for k in range(1, cfg.n_seeds) if preset in h.PRESETS]
 seed_bases = [b for b in bases if isinstance(b, h.SAEBasis) and b.trained and b.preset == preset] + replicates  # the analysed preset, seed 0 first
 comparison = h.compare_bases(bases, run.df, run.concepts, layers, cfg.pooling, cfg.threshold, criterion, cfg.n_bootstrap,
@@ -290,8 +290,9 @@ answer2.style.format(precision=3).set_caption(f"{run.spec.used}: SAE ({preset}) 
 # **steered** along (its unit decoder direction added at every position, one norm for all edits of the layer), and the
 # change of the next-token log-probability mass on its concept's words (WordNet lexicon words that are one token) is read
 # out: ablation should lower it, steering raise it, more than for the other concepts. Beside each feature: the most
-# specific MLP neuron of the same concept (zeroed, or steered along its output weights) and a random direction with the
-# same per-position edit norms. `specificity_effect` is the own-concept change minus the other concepts' mean, per unit
+# specific MLP neuron of the same concept at the SAE's density (its positive part: zeroed, or steered along its output
+# weights) and a random direction with the same per-position edit norms as the feature's ablation. The feature and the
+# neuron act at different positions and norms, so read the per-norm comparison as a rough one. `specificity_effect` is the own-concept change minus the other concepts' mean, per unit
 # of edit norm; the kinds are compared by the mean over units with a bootstrap CI and a permutation p.
 
 # %%
@@ -307,9 +308,9 @@ if h.is_causal_lm(model):
             continue
         features, concepts = [f for f, _ in picked], [c for _, c in picked]
         d_mlp = h.mlp_output_weight(model, L).shape[1]
-        neuron_of = {c: [u % d_mlp for u, _ in h.pick_by_concept(matched_tables[L], 10**6, [c], specific_only=False)] for c in set(concepts)}
+        neuron_of = {c: [u for u, _ in h.pick_by_concept(matched_tables[L], 10**6, [c], specific_only=False) if u < d_mlp] for c in set(concepts)}
         neurons = []
-        for c in concepts:  # the most specific neuron of the concept not taken yet (a ± unit's neuron)
+        for c in concepts:  # the most specific neuron of the concept not taken yet, its positive part only (steering adds +w_n)
             neurons.append(next(n for n in neuron_of[c] if n not in neurons))
         readout_rows.append(h.concept_edit_effects(model, tokenizer, L, readout_texts, comparison.sae_of(preset, L), features, concepts, neurons, concepts,
                                                    ids, n_random=len(features), seed=cfg.seed, clean=clean))
