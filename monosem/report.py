@@ -164,6 +164,18 @@ def _probe_sentences(s: Summary) -> list[str]:
     return out
 
 
+def _readout_sentence(s: Summary) -> str | None:
+    """The causal concept readout: per edit, the kinds compared by their mean specificity_effect, with CI and p."""
+    if not s.causal_contrast:
+        return None
+    parts = [f"{r['edit']} {r['kind_a']} − {r['kind_b']} {r['difference']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}], p = {r['p']:.3f} "
+             f"(n = {r['n_a']}, {r['n_b']})" for r in s.causal_contrast if r.get("difference") is not None]
+    n_layers = len({r["layer"] for r in s.causal_readout})
+    return ("Causal concept readout (next-token log-mass on each concept's one-token lexicon words, own concept minus the others, nats per "
+            f"unit of edit norm, units pooled over {n_layers} layers, which are not independent): " + "; ".join(parts) + ". A feature's and a "
+            "neuron's edits act at different positions and norms, so the per-norm comparison is a rough one.")
+
+
 def findings(summary: Summary) -> list[str]:
     """The run's findings as sentences, each computed from ``summary``: the paired headline first."""
     s = summary
@@ -187,6 +199,9 @@ def findings(summary: Summary) -> list[str]:
                    f"({by_concept}); {row.get('n_selective', 0)} 'selective'; {row.get('n_monosemantic', 0)} above the reference threshold "
                    "(the reference criterion counts any unit whose concept means are uneven, dense or not, and never looks at the control "
                    "words, so its count is not a count of monosemantic features).")
+    readout = _readout_sentence(s)
+    if readout:
+        out.append(readout)
     lens = _logit_lens_sentence(s)
     if lens:
         out.append(lens)

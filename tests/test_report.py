@@ -77,3 +77,11 @@ def test_the_untrained_comparison_asks_whether_training_matters():
     sentence = headline_sentences(s)[0]
     assert sentence.startswith("Does training make the SAE's features more monosemantic than its untrained initialisation")
     assert "against untrained SAE (topk)" in sentence
+
+
+def test_the_causal_readout_sentence_reports_each_contrast_with_its_ci():
+    contrast = [{"edit": "steer", "kind_a": "SAE feature", "kind_b": "random direction", "n_a": 16, "n_b": 16, "difference": 0.0157,
+                 "ci_low": 0.0065, "ci_high": 0.0267, "p": 0.003}]
+    s = Summary(**{**summary().__dict__, "causal_contrast": contrast, "causal_readout": [{"layer": 0}, {"layer": 1}]})
+    text = "\n".join(findings(s))
+    assert "steer SAE feature − random direction +0.0157 [+0.0065, +0.0267], p = 0.003 (n = 16, 16)" in text and "over 2 layers" in text
