@@ -38,6 +38,7 @@ from torch import Tensor
 
 from monosem.config import RunConfig
 from monosem.dataset import CATEGORIES, CONCEPTS, FORM_BOUND, SURFACE_FORMS, UNSPECIFIED
+from monosem.specificity import split_halves  # noqa: F401  (re-exported: the word splits of both labels)
 from monosem.stats import WordData, group_sums, word_data
 
 
@@ -181,17 +182,6 @@ def bh_qvalues(p: np.ndarray) -> np.ndarray:
     out = np.empty(n)
     out[order] = np.minimum(q, 1.0)
     return out
-
-
-def split_halves(category: np.ndarray, n_splits: int, seed: int = 0) -> np.ndarray:
-    """Discovery masks [n_splits, n_words]: a random half (rounded down) of each category's words, per split."""
-    rng = np.random.default_rng(seed)
-    halves = np.zeros((n_splits, len(category)), dtype=bool)
-    for c in np.unique(category):
-        members = np.flatnonzero(category == c)
-        for s in range(n_splits):
-            halves[s, rng.permutation(members)[: len(members) // 2]] = True
-    return halves
 
 
 @dataclass

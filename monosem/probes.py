@@ -24,11 +24,25 @@ import numpy as np
 import pandas as pd
 
 from monosem.criterion import mann_whitney_greater
-from monosem.scorecard import _logistic_scores
 from monosem.specificity import Specificity, category_counts, firing, split_halves
 
 FEW = 5  # words per category in the "few words" setting
 SETTINGS = ("standard", "few words", "other concepts")
+
+
+def logistic_scores(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, l2: float = 1e-2, iters: int = 25) -> np.ndarray:
+    """Decision scores on ``x_test`` of an L2-regularised logistic regression fitted by Newton's method (features standardised)."""
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-8
+    xt = np.hstack([np.ones((len(x_train), 1)), (x_train - mu) / sd])
+    w = np.zeros(xt.shape[1])
+    reg = l2 * np.eye(len(w))
+    reg[0, 0] = 0.0
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(xt @ w, -30, 30)))
+        grad = xt.T @ (p - y_train) + reg @ w
+        hess = (xt * (p * (1 - p))[:, None]).T @ xt + reg + 1e-9 * np.eye(len(w))
+        w -= np.linalg.solve(hess, grad)
+    return np.hstack([np.ones((len(x_test), 1)), (x_test - mu) / sd]) @ w
 
 
 def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -60,7 +74,7 @@ def probe_once(means: np.ndarray, category: np.ndarray, n_concepts: int, train: 
             scores = means[held, units[0]]
         else:
             fit = np.concatenate([pos, neg])
-            scores = _logistic_scores(means[fit][:, units], y[fit].astype(np.float64), means[held][:, units])
+            scores = logistic_scores(means[fit][:, units], y[fit].astype(np.float64), means[held][:, units])
         aurocs.append(_auroc(scores, y[held]))
     return float(np.nanmean(aurocs)) if aurocs else float("nan")
 

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 from torch import Tensor
 
-from monosem.criterion import Criterion, frame_rows, mann_whitney_greater, selectivity_criterion, split_halves
+from monosem.criterion import Criterion, frame_rows, selectivity_criterion, split_halves
 from monosem.dataset import CATEGORIES, CONCEPTS
 from monosem.paired import lemma_groups
+from monosem.probes import probe_once
 from monosem.selectivity import selectivity_table
 from monosem.specificity import Specificity, unit_specificity
 from monosem.stats import bootstrap_ci, word_data
@@ -112,39 +113,12 @@ def pure_units_null(means: np.ndarray, category: np.ndarray, n_categories: int, 
     return float(np.mean([pure_units(means, rng.permutation(category), n_categories, **kwargs) for _ in range(n_shuffles)]))
 
 
-def _logistic_scores(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, l2: float = 1e-2, iters: int = 25) -> np.ndarray:
-    """Decision scores on ``x_test`` of an L2-regularised logistic regression fitted by Newton's method (features standardised)."""
-    mu, sd = x_train.mean(0), x_train.std(0) + 1e-8
-    xt = np.hstack([np.ones((len(x_train), 1)), (x_train - mu) / sd])
-    w = np.zeros(xt.shape[1])
-    reg = l2 * np.eye(len(w))
-    reg[0, 0] = 0.0
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-np.clip(xt @ w, -30, 30)))
-        grad = xt.T @ (p - y_train) + reg @ w
-        hess = (xt * (p * (1 - p))[:, None]).T @ xt + reg + 1e-9 * np.eye(len(w))
-        w -= np.linalg.solve(hess, grad)
-    return np.hstack([np.ones((len(x_test), 1)), (x_test - mu) / sd]) @ w
-
-
 def k_sparse_probe_auroc(means: np.ndarray, category: np.ndarray, n_concepts: int, k: int, halves: np.ndarray) -> float:
-    """SAEBench-style k-sparse probing: per concept and split, the k units with the largest mean difference (concept
-    words minus all other words, controls included) on the training half, a logistic probe on them, its AUROC on the
-    held-out words; the mean over concepts and splits. ``means`` [n_words, n_units]; ``halves`` [n_splits, n_words]."""
-    aurocs = []
-    for half in halves:
-        for c in range(n_concepts):
-            y = category == c
-            train, test = half, ~half
-            diff = means[train & y].mean(0) - means[train & ~y].mean(0)
-            units = np.argsort(-diff, kind="stable")[:k]
-            if k == 1:
-                scores = means[test][:, units[0]]
-            else:
-                scores = _logistic_scores(means[train][:, units], y[train].astype(np.float64), means[test][:, units])
-            auroc, _ = mann_whitney_greater(scores[:, None], y[test][:, None])
-            aurocs.append(float(auroc[0]))
-    return float(np.mean(aurocs))
+    """SAEBench-style k-sparse probing (``monosem.probes.probe_once``, standard setting): per concept and split, the k units
+    with the largest mean difference (concept words minus all other words, controls included) on the training half, a
+    logistic probe on them (k = 1: the unit itself), its AUROC on the held-out words; the mean over concepts and splits.
+    ``means`` [n_words, n_units]; ``halves`` [n_splits, n_words]."""
+    return float(np.mean([probe_once(means, category, n_concepts, np.flatnonzero(h), np.flatnonzero(~h), k) for h in halves]))
 
 
 def scorecard_row(table: pd.DataFrame, replication_rate: float, acts: Tensor | np.ndarray, df: pd.DataFrame, threshold: float,
