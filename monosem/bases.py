@@ -186,8 +186,10 @@ def basis_rates(tables: dict[int, pd.DataFrame]) -> dict[int, tuple[np.ndarray, 
 
 
 def trained_sae_basis(mp: ModelPaths, preset: str) -> SAEBasis:
-    """The SAEs of ``preset`` saved by notebook 02 (or imported: preset 'external')."""
-    return SAEBasis(f"SAE ({preset})", lambda layer: load_sae(mp.sae(layer, preset))[0], preset)
+    """The SAEs of ``preset`` saved by notebook 02 (or imported: preset 'external'); the reference study's preset is named
+    a dense autoencoder wherever it appears (its L0 is most of its width)."""
+    name = "SAE (reference, a dense autoencoder)" if preset == "reference" else f"SAE ({preset})"
+    return SAEBasis(name, lambda layer: load_sae(mp.sae(layer, preset))[0], preset)
 
 
 def untrained_sae_basis(mp: ModelPaths, preset: str, train_caches: Sequence[ActivationCache], seed: int = 0, exclude: np.ndarray | None = None,

@@ -101,7 +101,8 @@ def test_one_count_of_selective_features_in_summary_lines_explorer_figure_1_and_
         assert f"{n} selective" in summary_line(L, per_layer[str(L)])
         assert explorer_view(tables, L, 0.6)["count_selective"] == n
         assert int(sum(red[i].y)) == n
-        assert f"Layer {L}, topk SAE (40 features, its training budget): {n} selective" in sentences
+        line = next(x for x in sentences.splitlines() if x.startswith(f"Layer {L}, topk SAE (40 features, its training budget):"))
+        assert f"; {n} 'selective';" in line
 
 
 def test_figure_update_refuses_an_outer_batch_and_keeps_the_state_after_an_error():
