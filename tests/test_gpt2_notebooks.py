@@ -51,10 +51,11 @@ def test_all_four_notebooks_run_on_a_tiny_gpt2_with_the_real_bpe(gpt2_folder, tm
     summary = json.loads((results / "summary.json").read_text())
     assert summary["model_used"] == "tiny-gpt2" and summary["layers"] == [0, 2]
     assert list((results / "features").glob("layer_2_feature_*.json")), "notebook 04 exported the dashboards"
-    # the negative control (a random-weight copy of this GPT-2) is in the scorecard with at most alpha-level selective units
+    # the negative control (a random-weight copy of this GPT-2) is in the scorecard with few units labelled specific
     control = {b: v for b, v in summary["scorecard"].items() if b.startswith("random-weight model")}
     assert len(control) == 3, sorted(summary["scorecard"])
     for basis, by_layer in control.items():
         assert set(by_layer) == {"0", "2"}, basis
         for layer, row in by_layer.items():
-            assert row["n_active"] > 0 and row["fraction_selective_active"] <= summary["alpha"], (basis, layer, row)
+            assert row["n_active"] > 0 and row["fraction_specific"] <= summary["alpha"], (basis, layer, row)
+    assert set(summary["headline"]) == {"first word list", "second word list"} and summary["probes"] and summary["coverage"]

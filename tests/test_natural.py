@@ -83,12 +83,12 @@ def test_a_random_rotation_keeps_norms_and_changes_the_basis():
     assert torch.allclose(ResidualBasis(rotation_seed=3)._rotate(x), rotated)  # seeded
 
 
-def test_rate_matched_bases_take_the_median_density_of_the_sae():
+def test_rate_matched_bases_take_the_density_distribution_of_the_sae():
     tables = {0: pd.DataFrame({"density_words": [0.0, 0.01, 0.02, 0.03], "density_tokens": [0.0, 0.001, 0.002, np.nan]})}
     rates = basis_rates(tables)
-    assert rates[0] == pytest.approx((0.02, 0.0015))
+    assert rates[0][0].tolist() == [0.0, 0.01, 0.02, 0.03] and rates[0][1].tolist() == pytest.approx([0.0, 0.001, 0.002, 0.0])  # NaN as 0
     matched = RateMatched(MLPBasis(True), rates, "SAE (topk)")
-    assert matched.name == "MLP neurons ± @ SAE (topk) density" and matched.fire_rate(0) == rates[0] and MLPBasis().fire_rate(0) is None
+    assert matched.name == "MLP neurons ± @ SAE (topk) density" and matched.fire_rate(0) is rates[0] and MLPBasis().fire_rate(0) is None
 
 
 def test_seed_replicates_have_their_own_name_and_seed():

@@ -37,8 +37,8 @@ def independent_word_features(csv_path, model, tok, sae_dir, layer):
             hs = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True).hidden_states[layer + 1][0]
         offs = enc["offset_mapping"][0].tolist()
         pos = [i for i, (a, b) in enumerate(offs) if b > a and a < end and b > start]
-        x = hs[pos].mean(0)
-        feats.append(torch.relu((x - w["b_dec"] * apply_b_dec) @ w["W_enc"] + w["b_enc"]).double().numpy())
+        tokens = hs[pos]  # encode each of the word's tokens, then pool (the project's choice for SAE features)
+        feats.append(torch.relu((tokens - w["b_dec"] * apply_b_dec) @ w["W_enc"] + w["b_enc"]).mean(0).double().numpy())
     return pd.DataFrame(rows), np.stack(feats)
 
 
