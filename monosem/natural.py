@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from monosem.activations import encode_examples, length_batches, pad_batch, run_layers
 from monosem.dataset import CATEGORIES
 from monosem.massive import massive_mask
+from monosem.specificity import rate_cut
 
 WORD = re.compile(r"[A-Za-z]+|\d+(?:[.,]\d+)?")
 TOP_N = 20
@@ -115,12 +116,8 @@ def corpus_profile(acts: Tensor, label: np.ndarray, n_categories: int, top_n: in
     precision = np.divide(precision, n_top[:, None], out=np.full_like(precision, np.nan), where=n_top[:, None] > 0)
     if fire_rate is None:
         cut = fire_fraction * acts.max(0).values
-    else:  # the k-th largest per unit, k = round(rate x n_tok) (one rate, or one per unit)
-        n = acts.shape[0]
-        rates = np.broadcast_to(np.asarray(fire_rate, dtype=np.float64), (acts.shape[1],))
-        k = np.where(rates > 0, np.clip(np.rint(rates * n), 1, n), 0).astype(np.int64)
-        ordered = torch.sort(acts, dim=0, descending=True).values
-        cut = torch.where(torch.from_numpy(k > 0), ordered[torch.from_numpy(np.maximum(k - 1, 0)), torch.arange(acts.shape[1])], torch.tensor(float("inf")))
+    else:  # the k-th largest per unit, k = round(rate x n_tok) (one rate, or one per unit), as on the words
+        cut = torch.from_numpy(rate_cut(acts.numpy(), fire_rate))
     fires = (acts >= cut[None, :]) & (acts > 0)
     mass = torch.where(fires, acts, torch.zeros(()))
     onehot = torch.from_numpy((label[None, :] == np.arange(n_categories)[:, None]).astype(np.float32))  # [n_cat, n_tok]

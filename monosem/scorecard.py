@@ -31,7 +31,6 @@ SCORECARD_KEYS = ("n_units", "n_active", "n_selective", "fraction_selective_acti
                   "fire_rate", "n_firing", "n_specific", "fraction_specific", "fraction_specific_shuffle", "specificity_median",
                   "specificity_median_shuffle", "sensitivity_median_specific", "separability_median", "density_words_median",
                   "density_tokens_median", "specificity_corpus_median_specific", "specificity_corpus_random_matched", "specificity_corpus_zero_share")
-SPECIFIC_COLUMNS = ("concept", "specific", "specificity_templates", "specificity_corpus", "sensitivity", "separability", "density_words", "density_tokens")
 PURITY = 0.9  # share of a unit's activation mass in one category that makes it "pure"
 
 
