@@ -8,6 +8,8 @@ preset's SAE or another model's run:
 - ``summary.json`` (notebook 03): ``Summary``
 - ``<preset>/selectivity_layer_<L>.csv`` (notebook 03): one row per unit of that preset's SAE
 - ``features/layer_<L>_feature_<i>.json`` (notebook 04) and ``figures/*.html``
+
+and the budget sweep's files (``bench/sweep.py``; committed under ``docs/``): ``sweep.csv``, ``sweep.json``, ``sweep.html``, ``sweep.png``.
 """
 
 from __future__ import annotations
@@ -320,3 +322,30 @@ def reference_study_json(result: ReferenceResult) -> dict[str, Any]:
     """The reference study's record for summary.json: its sentences, keyword rows found and lost, and summary lines."""
     return {"sentences": list(result.sentences), "found": list(result.found), "lost": dict(result.lost), "threshold": result.threshold,
             "lines": result.lines, "n_monosemantic": {str(L): int(r.summary["n_monosemantic"]) for L, r in result.layers.items()}}
+
+
+SWEEP_FILES = ("sweep.csv", "sweep.json", "sweep.html", "sweep.png")
+
+
+def write_sweep(folder: Path, table: pd.DataFrame, meta: dict[str, Any], fig: Any) -> list[Path]:
+    """The budget sweep's table (CSV), its record (the command, commit, plan and times: JSON) and its figure (HTML, and PNG
+    when Chromium is there), each written atomically; the JSON last, so a sweep.json always describes the CSV beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [atomic_write_text(folder / "sweep.csv", table.to_csv(index=False, float_format="%.6g"))]
+    paths.append(atomic_write_text(folder / "sweep.html", fig.to_html(include_plotlyjs="cdn", full_html=True)))
+    try:
+        paths += write_images([(fig.to_plotly_json(), folder / "sweep.png")], scale=1.5)
+    except MonosemError as exc:
+        import warnings
+
+        warnings.warn(f"sweep.png not written: {exc}", stacklevel=2)
+    paths.append(write_json(folder / "sweep.json", _jsonable(meta)))
+    return paths
+
+
+def read_sweep(folder: Path) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+    """The sweep's table and record from ``folder``, or None when ``bench/sweep.py`` has not written them there."""
+    if not (folder / "sweep.csv").is_file() or not (folder / "sweep.json").is_file():
+        return None
+    meta = read_json(folder / "sweep.json", "the sweep record", "rerun make sweep")
+    return pd.read_csv(folder / "sweep.csv"), meta

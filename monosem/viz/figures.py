@@ -211,3 +211,39 @@ def fig_headline(headline: pd.DataFrame, model_name: str):
     fig.update_layout(title=f"{model_name}: are SAE features more monosemantic? (paired over words, per metric and layer)",
                       height=460, width=260 * len(metrics) + 160, barmode="overlay", legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+SWEEP_PANELS = (("fve_heldout", "held-out FVE", False), ("fraction_specific", "share specific", True), ("specificity", "mean specificity", True),
+                ("sensitivity", "best sensitivity", True), ("coverage_k5", "coverage (k = 5)", True), ("probe_k1", "k = 1 probe AUROC", True),
+                ("specificity_corpus", "natural-text specificity", True))
+
+
+def fig_sweep(table: pd.DataFrame, title: str):
+    """The budget sweep (``monosem.sweep``): per panel, a metric against training tokens (log axis), one line per width;
+    the first panel is the held-out FVE, the others the SAE-minus-neurons difference with its 95% CI (error bars)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    layers = sorted(set(table["layer"]))
+    fig = make_subplots(rows=len(layers), cols=len(SWEEP_PANELS), subplot_titles=[f"{name}{' (SAE − neurons)' if diff else ''}, layer {L}"
+                                                                                  for L in layers for _, name, diff in SWEEP_PANELS],
+                        horizontal_spacing=0.035, vertical_spacing=0.12)
+    widths = sorted(set(table["width"]))
+    colours = ["#9ecae1", "#4292c6", "#2171b5", "#08306b", "#000000"]
+    for r, L in enumerate(layers, start=1):
+        for c, (key, _, diff) in enumerate(SWEEP_PANELS, start=1):
+            for i, w in enumerate(widths):
+                rows = table[(table["layer"] == L) & (table["width"] == w)].sort_values("train_tokens")
+                y = rows[f"{key}_diff"] if diff else rows[key]
+                error = dict(type="data", symmetric=False, array=rows[f"{key}_hi"] - y, arrayminus=y - rows[f"{key}_lo"]) if diff else None
+                fig.add_trace(go.Scatter(x=rows["train_tokens"], y=y, mode="lines+markers", error_y=error, marker=dict(color=colours[i % len(colours)]),
+                                         line=dict(color=colours[i % len(colours)]), name=f"d_sae = {w:g} × d_model", legendgroup=f"w{w}",
+                                         showlegend=r == 1 and c == 1), row=r, col=c)
+            if diff:
+                fig.add_hline(y=0, line_dash="dash", line_color="black", row=r, col=c)  # pyright: ignore[reportArgumentType]
+            else:
+                fig.add_hline(y=0.9, line_dash="dot", line_color="grey", row=r, col=c)  # pyright: ignore[reportArgumentType]
+            fig.update_xaxes(type="log", title_text="training tokens", row=r, col=c)
+    fig.update_layout(title=title, height=330 * len(layers) + 150, width=250 * len(SWEEP_PANELS) + 120, legend=dict(orientation="h", y=-0.2),
+                      font=dict(size=10))
+    return fig

@@ -1,0 +1,96 @@
+"""The budget sweep: a WSD branch is the SAE trained for its budget alone; the grid, batches and verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from monosem.config import MonosemError
+from monosem.sae.train import SAETrainer, TokenSource
+from monosem.sweep import SweepPlan, WidthRun, epoch_batches, natural_difference, sweep_plan, train_sweep, verdicts
+
+
+def _tokens(n: int = 3000, d: int = 16, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    atoms = torch.randn(64, d, generator=g)
+    return torch.relu(torch.randn(n, 64, generator=g) - 1.5) @ atoms + 0.05 * torch.randn(n, d, generator=g)
+
+
+PLAN = SweepPlan(widths=(2.0,), tokens=(640, 1280, 2560), batch_size=32, layers=(0,), preset="topk", k=4, why="test")
+
+
+def test_branch_is_the_sae_trained_for_its_budget_alone():
+    x = _tokens()
+    src = TokenSource.of(x)
+    batches = [x[i] for i in epoch_batches(len(x), PLAN.batch_size, PLAN.steps(max(PLAN.tokens)), seed=1)]
+    run = WidthRun.start(PLAN, src, 2.0, seed=3, device="cpu")
+    for lo in range(0, len(batches), 7):  # groups of any size give the same steps
+        run.steps_on(batches[lo : lo + 7])
+    assert sorted(run.finished) == list(PLAN.tokens)
+    for tokens in PLAN.tokens:
+        steps = PLAN.steps(tokens)
+        alone = SAETrainer(src, "topk", steps, 3, "cpu", expansion=2.0, k=4, lr_warmup=(PLAN.warmup_steps + 0.5) / steps, lr_decay=PLAN.decay)
+        alone.steps_on(batches[:steps])
+        sae, history, _ = alone.finish()
+        branch, branch_history, cfg = run.finished[tokens]
+        for name, p in sae.state_dict().items():
+            assert torch.equal(p, branch.state_dict()[name]), f"{tokens} tokens: {name} differs from the SAE trained alone"
+        assert [h["loss"] for h in history] == [h["loss"] for h in branch_history]
+        assert cfg["lr_decay"] == PLAN.decay
+    # the learning rate really decays at the end of each branch and not before (the branch differs from the constant run)
+    assert PLAN.branch_step(640) == 20 - int(0.2 * 20) and PLAN.warmup_steps == 1
+
+
+def test_the_branch_decays_where_the_constant_rate_run_does_not():
+    x = _tokens()
+    src = TokenSource.of(x)
+    batches = [x[i] for i in epoch_batches(len(x), 32, 20, seed=1)]
+    run = WidthRun.start(PLAN, src, 2.0, seed=3, device="cpu")
+    run.steps_on(batches)  # 20 steps: the 640-token budget is done; the constant-rate run took the same 20 batches
+    assert run.main.state.step == 20 and run.main.sched.get_last_lr()[0] == pytest.approx(run.main.cfg["lr"])
+    constant = SAETrainer(src, "topk", 20, 3, "cpu", expansion=2.0, k=4, lr_warmup=(PLAN.warmup_steps + 0.5) / 20, lr_decay=0.0)
+    constant.steps_on(batches)
+    assert not torch.allclose(run.finished[640][0].W_dec, constant.finish()[0].W_dec)  # the branch's last 4 steps had a decayed rate
+
+
+def test_epoch_batches_cover_each_epoch_once():
+    idx = list(epoch_batches(10, 3, 7, seed=0))
+    assert len(idx) == 7 and all(len(i) == 3 for i in idx)
+    first = torch.cat(idx[:3])
+    assert len(set(first.tolist())) == 9  # one epoch: 3 batches without repeats (the 10th row dropped)
+    with pytest.raises(MonosemError, match="fewer than one batch"):
+        next(epoch_batches(2, 3, 1, seed=0))
+
+
+def test_plan_defaults_and_bad_input():
+    cpu = sweep_plan("cpu", [0, 1, 2, 3], 1024, "topk", 32)
+    assert cpu.widths == (2, 4, 8, 16) and cpu.tokens[0] == 250_000 and cpu.tokens[-1] >= 8_000_000 and cpu.layers == (3,)
+    assert cpu.batch_size == 1024 and "CPU" in cpu.why
+    with pytest.raises(MonosemError, match="not extracted"):
+        sweep_plan("cpu", [0, 1], 1024, "topk", 32, layers=[5])
+    with pytest.raises(MonosemError, match="at least 20 steps"):
+        sweep_plan("cpu", [0], 1024, "topk", 32, tokens=[1000])
+    with pytest.raises(MonosemError, match="learning-rate decay"):
+        sweep_plan("cpu", [0], 1024, "reference", 32)
+
+
+def test_train_sweep_finishes_every_point():
+    x = _tokens()
+    plan = SweepPlan(widths=(1.0, 2.0), tokens=(640, 1280), batch_size=32, layers=(0,), preset="topk", k=4, why="test")
+    runs = train_sweep(plan, {0: x.half()}, {0: TokenSource.of(x)}, seed=0, device="cpu", workers=2, progress=False)
+    assert {(k, t) for k, r in runs.items() for t in r.finished} == {((0, w), t) for w in plan.widths for t in plan.tokens}
+    assert runs[0, 2.0].finished[1280][0].d_sae == 32
+
+
+def test_natural_difference_and_verdicts():
+    a = pd.DataFrame({"specific": [True] * 5 + [False], "specificity_corpus": [0.5, 0.6, 0.7, 0.6, 0.5, 0.0]})
+    b = pd.DataFrame({"specific": [True] * 4, "specificity_corpus": [0.0, 0.1, 0.0, 0.05]})
+    out = natural_difference(a, b, 500, 0)
+    assert out["sae"] == 0.6 and out["other"] == 0.025 and out["ci_low"] > 0
+    assert np.isnan(natural_difference(a, b.assign(specific=False))["ci_low"])
+    table = pd.DataFrame({"m_lo": [0.1, 0.2, -0.1], "m_hi": [0.3, 0.4, 0.1], "n_lo": [0.1, 0.1, 0.1], "n_hi": [0.2, 0.2, 0.2]})
+    v = verdicts(table, ["m", "n"]).set_index("metric")
+    assert (v.loc["m", "above"], v.loc["m", "neither"], bool(v.loc["m", "stable"])) == (2, 1, False)
+    assert bool(v.loc["n", "stable"]) and v.loc["n", "above"] == 3
