@@ -1,4 +1,4 @@
-# make setup | make run [MODEL=gpt2-medium|smollm2|minilm|folder] | make report | make test (lint + pytest + nbval) | make lint | make e2e | make bench | make lab
+# make setup | make run [MODEL=gpt2-medium|smollm2|minilm|folder] | make report | make sweep | make test (lint + pytest + nbval) | make lint | make e2e | make bench | make lab
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ MODEL ?=
 STAMP := $(VENV)/.setup-stamp
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: setup wordnet chromium widgets-js run report test lint readme sync e2e bench lab
+.PHONY: setup wordnet chromium widgets-js run report sweep test lint readme sync e2e bench lab
 
 setup: $(STAMP) wordnet chromium widgets-js
 
@@ -66,6 +66,12 @@ run: setup
 	done
 	$(BIN)/python scripts/render_figures.py
 	@echo "results: data/results/   figures (HTML, PNG, SVG): data/results/<model>/figures/   executed notebooks: build/executed/   HTML: build/html/"
+
+# The width x training-tokens sweep of the analysed preset (bench/sweep.py), from notebook 01's run (make run first):
+# docs/sweep.csv, sweep.json and the figure; then the README's sweep block from the CSV.
+sweep: setup
+	$(BIN)/python bench/sweep.py
+	$(BIN)/python scripts/update_readme.py
 
 test: setup lint
 	$(BIN)/python -m pytest

@@ -5,6 +5,7 @@ from that file by `make readme`, so no time is typed in by hand).
     python bench/make_run_times.py --run default --in-data             # the same with cold caches in data/, whose results then stay there (make report)
     python bench/make_run_times.py --run minilm                        # times `make run MODEL=minilm`
     python bench/make_run_times.py --run /path/to/gpt2-medium-folder   # any model folder or hub name
+    python bench/make_run_times.py --run gpt2-medium-random            # the GPT-2 Medium architecture, random weights, real GPT-2 BPE (no download)
     python bench/make_run_times.py --from-time-log LOG --model NAME    # records a run timed with `/usr/bin/time -v make run ...`
 
 Each record keeps the machine, the date, the model, the seconds, the peak RSS, whether it passed, the load average
@@ -39,6 +40,21 @@ def machine() -> str:
 CACHES = ("activations", "corpus", "runs", "saes", "results", "models")  # what make run writes under the data folder (models: SmolLM2 converted)
 
 
+RANDOM_GPT2_MEDIUM = "gpt2-medium-random"
+
+
+def save_random_gpt2_medium(folder: Path) -> Path:
+    """The GPT-2 Medium architecture (24 blocks, d_model 1024, 16 heads) with random weights and the real GPT-2 BPE
+    tokenizer, saved with ``save_pretrained`` in ``folder`` (what `make run MODEL=<folder>` loads)."""
+    sys.path.insert(0, str(ROOT))
+    from monosem.testing import random_gpt2
+
+    model, tok = random_gpt2(n_layer=24, n_embd=1024, n_head=16, n_positions=1024, seed=0)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def time_make_run(model: str, data: Path | None = None) -> dict:
     """`make run MODEL=model` with cold caches: in a temporary data folder, or in ``data`` after its caches and results
     (``CACHES``) are removed, so that the run's results stay there."""
@@ -50,6 +66,8 @@ def time_make_run(model: str, data: Path | None = None) -> dict:
         for sub in CACHES:
             shutil.rmtree(folder / sub, ignore_errors=True)
         env = {**os.environ, "MONOSEM_DATA_DIR": str(folder)}
+        if model == RANDOM_GPT2_MEDIUM:  # built before the clock starts (a download stands in for it elsewhere)
+            model = str(save_random_gpt2_medium(Path(tmp) / "gpt2-medium-random"))
         t0 = time.perf_counter()
         timer = ["/usr/bin/time", "-f", "peak-rss-kb %M"] if Path("/usr/bin/time").exists() else []  # make run's own peak, not the caller's other children
         proc = subprocess.run([*timer, "make", "run", f"MODEL={'' if model == 'default' else model}"], cwd=ROOT, env=env, capture_output=True, text=True)
@@ -98,6 +116,16 @@ def notebook_seconds(executed: Path) -> dict[str, float]:
     return {path.stem: round(sum(sec for _, sec in cell_seconds(path)), 1) for path in sorted(executed.glob("0*.ipynb"))}
 
 
+def notebook_peak_rss(executed: Path) -> dict[str, int]:
+    """The kernel's peak RSS (MB) per executed notebook in ``executed``, as ``monosem.viz.export.execute_notebook`` records it."""
+    out = {}
+    for path in sorted(executed.glob("0*.ipynb")):
+        peak = json.loads(path.read_text(encoding="utf-8")).get("metadata", {}).get("monosem", {}).get("kernel_peak_rss_mb")
+        if peak is not None:
+            out[path.stem] = int(peak)
+    return out
+
+
 def slowest_cells(executed: Path, n: int = 6) -> list[dict]:
     """The ``n`` code cells of the executed notebooks in ``executed`` that took longest: notebook, first line, seconds."""
     cells = [{"notebook": path.stem, "cell": line, "seconds": round(sec, 1)} for path in sorted(executed.glob("0*.ipynb")) for line, sec in cell_seconds(path)]
@@ -121,7 +149,9 @@ def main() -> int:
     executed = args.executed or (ROOT / "build" / "executed" if args.run else None)
     if executed is not None:
         record["notebook_seconds"] = notebook_seconds(executed)
-    labels = {"bundled": "all-MiniLM-L6-v2 (bundled)", "minilm": "all-MiniLM-L6-v2 (MODEL=minilm)",
+        record["slowest_cells"] = slowest_cells(executed)
+        record["notebook_peak_rss_mb"] = notebook_peak_rss(executed)
+    labels = {RANDOM_GPT2_MEDIUM: "GPT-2 Medium size (24 layers, d_model 1024, random weights, real GPT-2 BPE), CPU defaults","bundled": "all-MiniLM-L6-v2 (bundled)", "minilm": "all-MiniLM-L6-v2 (MODEL=minilm)",
               "default": "SmolLM2-135M-Instruct (the offline default; Q4_1 dequantised to float32)"}
     label = args.model or labels.get(args.run, args.run)
     where = "cold caches in data/ (GGUF conversion included)" if args.in_data else "cold caches in a temporary data folder"

@@ -1,7 +1,9 @@
 """Text -> trained SAEs for several layers: this project's one pass against SAELens's pipeline, run by ``bench/run.py``.
 
-Both sides start from the same texts and a GPT-2-architecture model with random weights (GPT-2 Medium in the bench), and train one TopK
-SAE (d_sae = 8 x d_model, k = 32) per layer on the same number of tokens in the same number of steps:
+Both sides start from the same texts and train one TopK SAE (d_sae = 8 x d_model, k = 32) per layer on the same number
+of tokens in the same number of steps. The model is the default one (SmolLM2-135M, a Llama layout: ours runs the real
+weights, SAELens a TransformerLens model of the same config with random weights, the same arithmetic) or a
+GPT-2-architecture model with random weights on both sides:
 
 - ours: ``ActivationStore`` runs the model once through the deepest layer and feeds every layer's ``SAETrainer``
   (sparse TopK) from one shuffled buffer;
@@ -24,10 +26,25 @@ import torch
 
 
 def tl_config(hf_config: Any) -> dict:
-    """TransformerLens's config keys for the Hugging Face GPT-2 config ``hf_config`` (same architecture)."""
+    """TransformerLens's config keys for the Hugging Face config ``hf_config`` (GPT-2 or Llama layout; same architecture)."""
+    if getattr(hf_config, "model_type", "") == "llama":
+        d, heads = hf_config.hidden_size, hf_config.num_attention_heads
+        rope = getattr(hf_config, "rope_parameters", None) or {"rope_theta": getattr(hf_config, "rope_theta", 10000.0)}
+        return dict(n_layers=hf_config.num_hidden_layers, d_model=d, n_heads=heads, d_head=d // heads, d_mlp=hf_config.intermediate_size,
+                    d_vocab=hf_config.vocab_size, n_ctx=min(2048, hf_config.max_position_embeddings), n_key_value_heads=hf_config.num_key_value_heads,
+                    act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=d // heads,
+                    rotary_base=int(rope["rope_theta"]), gated_mlp=True, final_rms=True, eps=hf_config.rms_norm_eps)
     d = hf_config.n_embd
     return dict(n_layers=hf_config.n_layer, d_model=d, n_heads=hf_config.n_head, d_head=d // hf_config.n_head, d_mlp=hf_config.n_inner or 4 * d,
-                d_vocab=hf_config.vocab_size, n_ctx=hf_config.n_positions)
+                d_vocab=hf_config.vocab_size, n_ctx=hf_config.n_positions, act_fn="gelu_new", normalization_type="LN")
+
+
+def describe(hf_config: Any) -> str:
+    """The model of the pipeline bench, in words."""
+    if getattr(hf_config, "model_type", "") == "llama":
+        return (f"SmolLM2-135M-Instruct layout (Llama: {hf_config.num_hidden_layers} blocks, d_model {hf_config.hidden_size}); ours the real "
+                "weights, SAELens a TransformerLens model of the same config with random weights")
+    return f"GPT-2, {hf_config.n_layer} blocks, d_model {hf_config.n_embd}, random weights"
 
 
 def ours(model: Any, tok: Any, texts: Sequence[str], layers: Sequence[int], steps: int, batch: int, buffer_tokens: int, k: int) -> dict:
@@ -58,14 +75,14 @@ def ours(model: Any, tok: Any, texts: Sequence[str], layers: Sequence[int], step
 
 
 def _tl_model(tok: Any, arch: dict) -> Any:
-    """The GPT-2 architecture ``arch`` (``tl_config``) in TransformerLens, random weights, with ``tok`` as its tokenizer."""
+    """The architecture ``arch`` (``tl_config``) in TransformerLens, random weights, with ``tok`` as its tokenizer."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:  # TransformerLens re-loads the tokenizer by name: give it a folder
         tok.save_pretrained(tmp)
         tl_tok = AutoTokenizer.from_pretrained(tmp)
-        cfg = HookedTransformerConfig(**arch, act_fn="gelu_new", normalization_type="LN", device="cpu", seed=0)
+        cfg = HookedTransformerConfig(**arch, device="cpu", seed=0)
         return HookedTransformer(cfg, tokenizer=tl_tok).eval()
 
 
@@ -73,7 +90,7 @@ def _runner_common(texts: Sequence[str], steps: int, batch: int, buffer_tokens: 
     import sae_lens as sl
 
     context = 128
-    return dict(model_name="gpt2-medium-random-weights", dataset_path="in-memory texts", streaming=False,
+    return dict(model_name="random-weights", dataset_path="in-memory texts", streaming=False,
                 context_size=context, training_tokens=steps * batch, train_batch_size_tokens=batch, store_batch_size_prompts=16,
                 n_batches_in_buffer=max(1, buffer_tokens // context), lr=1e-3, device="cpu", dtype="float32", seed=0, n_checkpoints=0,
                 logger=sl.LoggingConfig(log_to_wandb=False))
@@ -117,7 +134,7 @@ def bench_pipeline(model: Any, tok: Any, texts: Sequence[str], layers: Sequence[
     """Ours and SAELens (per layer, and multi-hook) from the same texts to trained TopK SAEs of ``layers``, same tokens and steps."""
     arch = tl_config(model.config)
     res: dict[str, Any] = {"layers": list(layers), "tokens_per_sae": steps * batch, "steps": steps, "batch": batch, "buffer_tokens": buffer_tokens,
-                           "k": k, "d_sae": 8 * arch["d_model"], "model": f"GPT-2, {arch['n_layers']} blocks, d_model {arch['d_model']}, random weights"}
+                           "k": k, "d_sae": 8 * arch["d_model"], "model": describe(model.config)}
     res["ours"] = ours(model, tok, texts, layers, steps, batch, buffer_tokens, k)
     if "error" in res["ours"]:
         return res

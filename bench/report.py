@@ -41,8 +41,8 @@ def _extraction_section(r: dict, goals: list) -> list[str]:
 
 
 def _training_section(r: dict, goals: list) -> list[str]:
-    lines = ["## SAE training against SAELens (d_in 1024, batch 4096)", "",
-             "Standard SAE (the l1 preset) against SAELens's `StandardTrainingSAE` step (its trainer's step, with gradient clipping):", "",
+    lines = ["## SAE training against SAELens", "",
+             "Standard SAE (the l1 preset) against SAELens's `StandardTrainingSAE` step (its trainer's step, with gradient clipping), d_in 1024, batch 4096:", "",
              "| d_sae | ours tokens/s | SAELens tokens/s | ours / SAELens | ours % of matmul peak |", "|---|---|---|---|---|"]
     for s in r["sae_training"]:
         ours, theirs = s["ours (l1 preset, standard SAE)"], s.get("SAELens StandardTrainingSAE step", s.get("SAELens"))
@@ -61,12 +61,10 @@ def _training_section(r: dict, goals: list) -> list[str]:
         diff = s.get("final loss rel. difference", float("nan"))
         lines.append(f"| {s['preset']} | {s['d_sae']} | {s['k']} | {fmt(s['ours tokens/s'])} | {fmt(theirs)} | {ratio(s['ours tokens/s'], theirs):.2f}x | "
                      f"{diff:.1e} relative | {s.get('loss fell by', float('nan')):.1%} |")
-        if s["preset"] == "topk":
-            goals.append((f"sparse TopK training >= 3x SAELens TopKTrainingSAE (d_sae {s['d_sae']}, k {s['k']}, batch {s['batch']})",
-                          ratio(s["ours tokens/s"], theirs), 3.0))
-            goals.append(("same loss as SAELens after the same steps, within 1% (relative difference)", diff, 0.01))
-        else:
-            goals.append((f"{s['preset']} training vs. SAELens (no goal: measured only)", ratio(s["ours tokens/s"], theirs), None))
+        name = {"topk": "sparse TopK training >= 4x SAELens TopKTrainingSAE", "matryoshka": "Matryoshka training >= 4x SAELens MatryoshkaBatchTopKTrainingSAE"}
+        goals.append((f"{name.get(s['preset'], s['preset'])} (d_in {s['d_in']}, d_sae {s['d_sae']}, k {s['k']}, batch {s['batch']})",
+                      ratio(s["ours tokens/s"], theirs), 4.0))
+        goals.append((f"{s['preset']}: same loss as SAELens after the same steps, within 1% (relative difference)", diff, 0.01))
     return lines
 
 
@@ -89,7 +87,7 @@ def _pipeline_section(r: dict, goals: list) -> list[str]:
             lines.append(f"| {key} | {v} | |")
     per_layer = p.get("SAELens per layer")
     if isinstance(per_layer, dict):
-        goals.append(("text -> SAEs for layers 0-3 >= 3x SAELens's pipeline run once per layer", ratio(per_layer["seconds"], ours["seconds"]), 3.0))
+        goals.append(("text -> SAEs for layers 0-3 of the default model >= 4x SAELens's pipeline run once per layer", ratio(per_layer["seconds"], ours["seconds"]), 4.0))
     multi = p.get("SAELens multi-hook")
     if isinstance(multi, dict):
         goals.append(("text -> SAEs vs. SAELens's MultiSAETrainingRunner (one pass too; no goal: measured only)", ratio(multi["seconds"], ours["seconds"]), None))
@@ -106,7 +104,13 @@ def _why_sections(r: dict, goals: list) -> list[str]:
         lines += ["", "### Where the time of a sparse TopK step goes" + (" (goal not met)" if any(n.startswith("sparse TopK") for n in unmet) else ""), "",
                   "One step (loss, backward, fused Adam, decoder renormalisation) at the sizes above, torch profiler, self CPU time per op. "
                   "The dense pre-activation matmul (in `aten::mm`, needed to choose the k latents) and `topk` are shared with SAELens; "
-                  "SAELens adds four more dense [4096 x 1024] x [1024 x d_sae]-sized matmuls (decode, its backward, dW_dec, dW_enc).", "",
+                  "SAELens adds four more dense [batch x d_in] x [d_in x d_sae]-sized matmuls (decode, its backward, dW_dec, dW_enc).", "",
+                  "| op | ms | share | calls |", "|---|---|---|---|"]
+        lines += [f"| `{row['op']}` | {row['ms']:.0f} | {row['share']:.0%} | {row['calls']} |" for row in prof]
+    prof = r.get("profile_matryoshka_step") or []
+    if prof:
+        lines += ["", "### Where the time of a sparse Matryoshka step goes" + (" (goal not met)" if any(n.startswith("Matryoshka") for n in unmet) else ""), "",
+                  "The same, for the matryoshka preset (BatchTopK over the batch, the reconstruction loss of every nested prefix):", "",
                   "| op | ms | share | calls |", "|---|---|---|---|"]
         lines += [f"| `{row['op']}` | {row['ms']:.0f} | {row['share']:.0%} | {row['calls']} |" for row in prof]
     if any(name.startswith("text -> SAEs for layers") for name in unmet):
@@ -114,7 +118,7 @@ def _why_sections(r: dict, goals: list) -> list[str]:
         ours, theirs = p["ours"], p["SAELens per layer"]
         model_share = ours["model_seconds"] / ours["seconds"]
         ceiling = theirs["seconds"] / ours["model_seconds"]
-        lines += ["", "### Why text -> SAEs is short of 3x", "",
+        lines += ["", "### Why text -> SAEs is short of 4x", "",
                   f"Our one pass spends {model_share:.0%} of its time in the model ({ours['model_seconds']:.0f} of {ours['seconds']:.0f} s) and "
                   f"{ours['sae_seconds'] / ours['seconds']:.0%} training the four SAEs. The model's forward is already at the fp32 matmul roofline "
                   "(see extraction), so even with free SAE training the ratio could not exceed SAELens's time over our model time: "
@@ -146,6 +150,33 @@ def _why_sections(r: dict, goals: list) -> list[str]:
     return lines
 
 
+MAKE_RUN_GOALS = (("default", "make run, default model (SmolLM2-135M), cold caches: minutes under", 10.0, None),
+                  ("gpt2_medium", "make run, GPT-2 Medium size (random weights, real BPE), cold caches: minutes under", 12.0, 4096))
+
+
+def _make_run_section(r: dict, goals: list) -> list[str]:
+    """The newest timed `make run` of each model (bench/make_run_times.json), its goals and where its time goes."""
+    runs = r.get("make_run_times") or {}
+    lines: list[str] = []
+    for key, name, minutes, rss in MAKE_RUN_GOALS:
+        run = runs.get(key)
+        if not run:
+            goals.append((name + " (not timed yet: python bench/make_run_times.py --run)", float("nan"), minutes))
+            continue
+        goals.append((name, run["seconds"] / 60, minutes))
+        if rss:
+            goals.append((name.split(":")[0] + ": peak RSS MB under", run["peak_rss_mb"], rss))
+        lines += ["", f"## `make run`, {run['model']}", "", f"{run['date']}, {run['machine']}, {run['note']}: **{run['seconds'] / 60:.1f} min**, "
+                  f"peak RSS {run['peak_rss_mb']:,} MB, load average {run.get('load_before')} before and {run.get('load_after')} after. Seconds of code "
+                  "cells and the kernel's peak RSS per notebook, then the slowest cells:", "", "| notebook | seconds | kernel peak RSS (MB) |", "|---|---|---|"]
+        peaks = run.get("notebook_peak_rss_mb") or {}
+        lines += [f"| {nb} | {sec:.0f} | {peaks.get(nb, '')} |" for nb, sec in (run.get("notebook_seconds") or {}).items()]
+        if run.get("slowest_cells"):
+            lines += ["", "| notebook | cell (first line) | seconds |", "|---|---|---|"]
+            lines += [f"| {c['notebook']} | `{c['cell']}` | {c['seconds']:.0f} |" for c in run["slowest_cells"]]
+    return lines
+
+
 def _met(name: str, value: float, target: float) -> bool:
     lower_is_better = "under" in name or "within" in name
     return value <= target if lower_is_better else value >= target
@@ -156,6 +187,9 @@ def write_report(r: dict, path: Path | None) -> None:
     lines = ["# Benchmark results", "", f"`python bench/run.py{' --quick' if r.get('quick') else ''}` on {r['machine']}, {r['date']}. "
              "Absolute figures move between runs on this shared machine; the ratios are measured in one run, back to back.", "",
              f"Measured fp32 matmul throughput: **{r['matmul_gflops']:.0f} GFLOP/s**.", ""]
+    if r.get("only"):
+        lines += [f"This run measured {', '.join(r['only'])} again (`--only`); the other sections keep the figures of earlier runs. Measured at: "
+                  + "; ".join(f"{k} {v}" for k, v in sorted(r.get("measured_at", {}).items())) + ".", ""]
     goals: list = []
     lines += _extraction_section(r, goals)
     lines += [""] + _training_section(r, goals)
@@ -184,6 +218,7 @@ def write_report(r: dict, path: Path | None) -> None:
             goals.append(("make run (empty caches, bundled model) under 600 s", r["commands"]["make run"]["seconds"], 600.0))
         if "make test" in r["commands"]:
             goals.append(("make test (no goal: measured only)", r["commands"]["make test"]["seconds"], None))
+    lines += _make_run_section(r, goals)
     lines += ["", "## Goals", "", "| goal | measured | target | met |", "|---|---|---|---|"]
     for name, value, target in goals:
         shown = f"{value:.0%}" if "%" in name and "within" not in name else (f"{value:.1e}" if "within 1%" in name else f"{value:.2f}")

@@ -45,6 +45,32 @@ from report import OURS, write_report  # noqa: E402
 from sae_training import bench_sparse, bench_standard, profile_step  # noqa: E402
 
 LAYERS = [0, 1, 2, 3]
+SECTIONS = ("extraction", "training", "pipeline", "memory", "widgets", "statistics")
+SPARSE_SIZE = (576, 9216, 4096)  # d_in (the default model's d_model), d_sae (16 x d_model), batch
+
+
+def previous_results(path: Path) -> dict:
+    """The raw figures of the report at ``path`` (its JSON block), to keep the sections that are not measured again."""
+    import json
+    import re
+
+    found = re.search(r"```json\n(.*?)\n```", path.read_text(encoding="utf-8"), re.S) if path.is_file() else None
+    if not found:
+        raise SystemExit(f"--only needs the raw figures of a previous full run in {path}; run python bench/run.py first")
+    return json.loads(found.group(1))
+
+
+def latest_make_runs() -> dict:
+    """The newest `make run` record of the default model and of the GPT-2 Medium size (bench/make_run_times.json)."""
+    import json
+
+    records = json.loads((ROOT / "bench" / "make_run_times.json").read_text(encoding="utf-8"))
+    newest = {}
+    for key, prefix in (("default", "SmolLM2"), ("gpt2_medium", "GPT-2 Medium size")):
+        rows = [r for r in records if r["model"].startswith(prefix) and r.get("how", "").startswith("bench/make_run_times.py")]
+        if rows:
+            newest[key] = rows[-1]
+    return newest
 BATCH, SEQ = 16, 64
 
 
@@ -275,6 +301,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes and few repeats (a smoke test); writes no report unless --out is given")
     ap.add_argument("--out", default=None, help="where to write the report (default: bench/RESULTS.md for a full run)")
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, help="measure only these sections; the others keep the figures of the previous bench/RESULTS.md")
     ap.add_argument("--commands", nargs="*", choices=["run", "test"], default=None, help="also time `make run` (caches cleared first) and/or `make test` (both when none is named)")
     args = ap.parse_args()
     quick = args.quick
@@ -285,42 +312,58 @@ def main() -> None:
     print(results["machine"], flush=True)
     results["matmul_gflops"] = gflops = matmul_gflops()
     print(f"fp32 matmul: {gflops:.0f} GFLOP/s", flush=True)
+    only = set(args.only or SECTIONS)
+    if args.only:  # the other sections' figures are the previous report's (each section's ratios are measured in one run)
+        previous = previous_results(ROOT / "bench" / "RESULTS.md")
+        previous.pop("commands", None)  # the make run goals now come from bench/make_run_times.json
+        keep = {"matmul_gflops": previous["matmul_gflops"]} if "extraction" not in only else {}  # the throughput the old shares were computed with
+        results = {**previous, **results, **keep, "only": sorted(only), "measured_at": {**previous.get("measured_at", {}), **{s: results["date"] for s in only}}}
 
-    extraction = []
-    gpt2, gpt2_tok = gpt2_medium_random()
-    extraction.append(bench_extraction("GPT-2 Medium (random weights)", gpt2, gpt2_tok, repeat))
-    results["profile_extraction"] = profile_extraction(gpt2, gpt2_tok)
-    spec = resolve_model("bundled")
-    mini, mini_tok = load_model(spec)
-    extraction.append(bench_extraction("all-MiniLM-L6-v2 (bundled)", mini, mini_tok, repeat))
-    results["extraction"] = extraction
-    del mini
+    if "extraction" in only:
+        extraction = []
+        gpt2, gpt2_tok = gpt2_medium_random()
+        extraction.append(bench_extraction("GPT-2 Medium (random weights)", gpt2, gpt2_tok, repeat))
+        results["profile_extraction"] = profile_extraction(gpt2, gpt2_tok)
+        del gpt2
+        spec = resolve_model("bundled")
+        mini, mini_tok = load_model(spec)
+        extraction.append(bench_extraction("all-MiniLM-L6-v2 (bundled)", mini, mini_tok, repeat))
+        results["extraction"] = extraction
+        del mini
 
-    print("SAE training ...", flush=True)
-    steps = 2 if quick else 5
-    results["sae_training"] = [bench_standard(1024, 512, 4096, steps * 4), bench_standard(1024, 8192 if not quick else 2048, 4096, steps)]
-    d_sae, batch = (4096, 1024) if quick else (16384, 4096)
-    results["sparse_training"] = [bench_sparse("topk", 1024, d_sae, 32, batch, 2 if quick else 3, repeat=1 if quick else 2),
-                                  bench_sparse("matryoshka", 1024, d_sae, 32, batch, 2, repeat=1)]
-    results["profile_topk_step"] = profile_step("topk", 1024, d_sae, 32, batch)
+    if "training" in only:
+        print("SAE training ...", flush=True)
+        steps = 2 if quick else 5
+        results["sae_training"] = [bench_standard(1024, 512, 4096, steps * 4), bench_standard(1024, 8192 if not quick else 2048, 4096, steps)]
+        d_in, d_sae, batch = (576, 2304, 1024) if quick else SPARSE_SIZE  # the default model's d_model, 16 x d_model
+        results["sparse_training"] = [bench_sparse("topk", d_in, d_sae, 32, batch, 2 if quick else 3, repeat=1 if quick else 2),
+                                      bench_sparse("matryoshka", d_in, d_sae, 32, batch, 2 if quick else 3, repeat=1 if quick else 2)]
+        results["profile_topk_step"] = profile_step("topk", d_in, d_sae, 32, batch)
+        results["profile_matryoshka_step"] = profile_step("matryoshka", d_in, d_sae, 32, batch)
 
-    print("text -> trained SAEs ...", flush=True)
-    corpus = "wordnet" if wordnet_dir() else "pydoc"
-    texts = background_texts(30_000 if quick else 120_000, source=corpus)
-    pipe = dict(steps=2, batch=1024, buffer_tokens=4096) if quick else dict(steps=8, batch=4096, buffer_tokens=16384)
-    results["pipeline"] = {**bench_pipeline(gpt2, gpt2_tok, texts, **pipe), "corpus": corpus}
-    del gpt2
+    if "pipeline" in only:
+        print("text -> trained SAEs ...", flush=True)
+        corpus = "wordnet" if wordnet_dir() else "pydoc"
+        texts = background_texts(30_000 if quick else 120_000, source=corpus)
+        pipe = dict(steps=2, batch=1024, buffer_tokens=4096) if quick else dict(steps=8, batch=4096, buffer_tokens=16384)
+        model, tok = load_model(resolve_model("smollm2"))  # the default model offline (SmolLM2-135M-Instruct)
+        results["pipeline"] = {**bench_pipeline(model, tok, texts, **pipe), "corpus": corpus}
+        del model
 
-    small = 400 if quick else 1000
-    results["memory"] = [dict(zip(("tokens", "peak_rss_mb"), extraction_peak_rss(n))) for n in (small, 8 * small)]
-    try:
-        results["store_memory"] = [dict(zip(("tokens", "peak_rss_mb"), store_peak_rss(n))) for n in (small, 8 * small)]
-    except subprocess.CalledProcessError as exc:
-        results["store_memory"] = f"failed: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}"
-    results["widgets"] = bench_widgets()
-    results["statistics"] = [bench_statistics(8192 if not quick else 1024), bench_statistics(512)]
+    if "memory" in only:
+        small = 400 if quick else 1000
+        results["memory"] = [dict(zip(("tokens", "peak_rss_mb"), extraction_peak_rss(n))) for n in (small, 8 * small)]
+        try:
+            results["store_memory"] = [dict(zip(("tokens", "peak_rss_mb"), store_peak_rss(n))) for n in (small, 8 * small)]
+        except subprocess.CalledProcessError as exc:
+            results["store_memory"] = f"failed: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}"
+    if "widgets" in only:
+        results["widgets"] = bench_widgets()
+    if "statistics" in only:
+        results["statistics"] = [bench_statistics(8192 if not quick else 1024), bench_statistics(512)]
     if args.commands is not None:
         results["commands"] = time_commands(args.commands or ["run", "test"])
+    results["make_run_times"] = latest_make_runs()
     out = args.out or (None if quick else str(ROOT / "bench" / "RESULTS.md"))
     write_report(results, Path(out) if out else None)
 

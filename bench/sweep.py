@@ -31,12 +31,17 @@ def commit() -> str:
         return "unknown"
 
 
+def sweep_title(meta: dict) -> str:
+    return f"{meta['model']}: {meta['plan']['preset']} SAE by width and training tokens (commit {meta['commit']})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--widths", type=float, nargs="+", help="d_sae / d_model (default: 2 4 8 16 on the CPU, up to 32 on a GPU)")
     ap.add_argument("--tokens", type=int, nargs="+", help="training-token budgets (default: 0.25M to 8M on the CPU, to 64M on a GPU)")
     ap.add_argument("--layers", type=int, nargs="+", help="layers (default: the run's last layer on the CPU, all its layers on a GPU)")
     ap.add_argument("--corpus-tokens", type=int, help="run the model over only this many corpus tokens (a smoke test; default: the whole corpus)")
+    ap.add_argument("--figure-only", action="store_true", help="redraw the figure from the sweep.csv and sweep.json in --out (no training)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for sweep.csv, sweep.json and the figure (default: docs/)")
     args = ap.parse_args()
 
@@ -52,6 +57,16 @@ def main() -> int:
     from monosem.sweep import SweepScorer, one_pass, sweep_plan, train_sweep
     from monosem.viz.figures import fig_sweep
 
+    if args.figure_only:
+        from monosem.results import read_sweep
+
+        found = read_sweep(args.out)
+        if found is None:
+            raise SystemExit(f"no sweep.csv and sweep.json in {args.out}: run make sweep first")
+        table, meta = found
+        paths = write_sweep(args.out, table, meta, fig_sweep(table, sweep_title(meta)))
+        print("wrote " + ", ".join(str(p) for p in paths))
+        return 0
     started = time.perf_counter()
     cfg = h.RunConfig.from_env()
     run = h.open_run(cfg)
@@ -104,12 +119,12 @@ def main() -> int:
     score_seconds = time.perf_counter() - t0
     table = pd.DataFrame(rows)
     meta = {"command": "make sweep (python bench/sweep.py " + " ".join(sys.argv[1:]) + ")", "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}, torch {torch.__version__}", "model": run.spec.used,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}, torch {torch.__version__}", "model": run.spec.used, "d_model": d_model,
             "corpus": run.corpus_title, "corpus_tokens_per_layer": n_tokens, "plan": {k: v for k, v in vars(plan).items()}, "warmup_steps": plan.warmup_steps,
             "seconds": {"model_pass": round(model_seconds, 1), "training": round(train_seconds, 1), "scoring": round(score_seconds, 1),
                         "total": round(time.perf_counter() - started, 1)},
             "training_seconds_per_width": {f"layer {L}, {w:g}x": round(r.total_seconds, 1) for (L, w), r in runs.items()}}
-    fig = fig_sweep(table, f"{run.spec.used}: {plan.preset} SAE − MLP neurons at its density, by width and training tokens")
+    fig = fig_sweep(table, sweep_title(meta))
     paths = write_sweep(args.out, table, meta, fig)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

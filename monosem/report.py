@@ -274,3 +274,79 @@ def control_lines(scorecard: pd.DataFrame, alpha: float, control_tokens: int) ->
         out.append(f"layer {row['layer']}, {row['basis']}{budget}: {row['fraction_specific']:.1%} of {row['n_firing']} firing units specific{earlier}, "
                    f"against {real_text}")
     return out
+
+
+SWEEP_METRICS = {"fraction_specific": "the share of units passing the label", "specificity": "mean specificity", "sensitivity": "best sensitivity",
+                 "coverage_k5": "5-unit coverage", "probe_k1": "the k = 1 probe", "specificity_corpus": "natural-text specificity"}
+FVE_AIM, L0_AIM = 0.9, 64  # the default budget aims at held-out FVE >= 0.9 with L0 <= 64
+
+
+def _tokens(n: float) -> str:
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def sweep_markdown(table: pd.DataFrame | None, meta: dict[str, Any] | None, default_width: float, default_tokens: int) -> str:
+    """The README's budget-sweep block, every number computed from ``docs/sweep.csv`` (``table``) and ``docs/sweep.json``
+    (``meta``): what ran, FVE by width and budget, and per headline metric whether the SAE-minus-neurons verdict (95% CI above
+    0, below 0, or containing it) is the same at every budget point. ``default_width``/``default_tokens``: make run's budget."""
+    from monosem.sweep import verdicts
+
+    if table is None or meta is None or table.empty:
+        return "No sweep has run yet: `make sweep` (after `make run`) writes `docs/sweep.csv` and this block."
+    plan = meta["plan"]
+    layers = sorted(set(table["layer"]))
+    widths, budgets = sorted(set(table["width"])), sorted(set(table["train_tokens"]))
+    lines = [f"`{meta['command']}` at commit `{meta['commit']}`, {meta['date']} ({meta['machine']}), {meta['seconds']['total'] / 60:.0f} min: "
+             f"{meta['model']}, layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}, the {plan['preset']} preset (k = {plan['k']}) at "
+             f"widths {', '.join(f'{w:g}' for w in widths)} x d_model and {_tokens(budgets[0])} to {_tokens(budgets[-1])} training tokens "
+             f"(batch {plan['batch_size']:,}; {meta['corpus']}, {meta['corpus_tokens_per_layer']:,} tokens per pass, so up to "
+             f"{table['epochs'].max():.1f} epochs), {len(table)} SAEs from one pass of the model.", ""]
+    for L in layers:
+        t = table[table["layer"] == L]
+        pivot = t.pivot_table(index="width", columns="train_tokens", values="fve_heldout")
+        lines += [f"Held-out FVE at layer {L} (L0 {t['l0'].min():.0f}-{t['l0'].max():.0f}; dead fraction at most {t['dead_fraction'].max():.1%}; "
+                  f"fidelity {t['fidelity'].min():.3f}-{t['fidelity'].max():.3f}):", "",
+                  "| d_sae / d_model | " + " | ".join(_tokens(b) for b in pivot.columns) + " |", "|---" * (len(pivot.columns) + 1) + "|"]
+        lines += [f"| {w:g} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for w, row in pivot.iterrows()]
+        lines.append("")
+    reached = table.loc[(table["fve_heldout"] >= FVE_AIM) & (table["l0"] <= L0_AIM)]
+    best = table.loc[table["fve_heldout"].idxmax()]
+    if len(reached):
+        cheapest = reached.sort_values(by=["train_tokens", "width"]).iloc[0]
+        lines.append(f"Held-out FVE >= {FVE_AIM} with L0 <= {L0_AIM} is reached at {len(reached)} of {len(table)} points; the fewest tokens that reach it: "
+                     f"{_tokens(cheapest['train_tokens'])} at {cheapest['width']:g} x d_model.")
+    else:
+        lines.append(f"No point reaches held-out FVE {FVE_AIM} (with L0 <= {L0_AIM}); the highest is {best['fve_heldout']:.3f} at "
+                     f"{best['width']:g} x d_model and {_tokens(best['train_tokens'])} tokens.")
+    near = table.iloc[((table["width"] - default_width).abs() + (np.log(table["train_tokens"]) - np.log(default_tokens)).abs()).argsort()[:1]]
+    lines.append(f"`make run`'s budget ({default_width:g} x d_model, {_tokens(default_tokens)} tokens) lies nearest the sweep's point "
+                 f"{near['width'].iloc[0]:g} x d_model, {_tokens(near['train_tokens'].iloc[0])} tokens (FVE {near['fve_heldout'].iloc[0]:.3f}).")
+    lines += ["", "SAE minus MLP neurons at the SAE's density, per headline metric, over the sweep's points (95% CI: above 0 = the SAE is "
+              "ahead, below 0 = the neurons are, else no answer):", "", "| metric | points | CI above 0 | CI below 0 | CI contains 0 | same verdict at every point |",
+              "|---|---|---|---|---|---|"]
+    v = verdicts(table, list(SWEEP_METRICS))
+    records = v.to_dict(orient="records")
+    for r in records:
+        lines.append(f"| {SWEEP_METRICS[str(r['metric'])]} | {r['points']} | {r['above']} | {r['below']} | {r['neither']} | {'yes' if r['stable'] else 'no'} |")
+    stable = [f"{SWEEP_METRICS[str(r['metric'])]} ({'the SAE ahead' if r['above'] else 'the neurons ahead' if r['below'] else 'no answer'} at all {r['points']})"
+              for r in records if r["stable"]]
+    changing = [str(m) for m, ok in zip(v["metric"], v["stable"]) if not ok]
+    lines += ["", ("**The verdict is the same at every width and budget** on " + ", ".join(stable) + ". " if stable else "")
+              + ("**It differs between points** on " + ", ".join(SWEEP_METRICS[m] for m in changing) + " (where, below: SAE = the SAE ahead, "
+                 "neurons = the neurons ahead, – = no answer)." if changing else "")]
+    for L in layers if changing else []:
+        t = table.loc[table["layer"] == L].sort_values(by=["width", "train_tokens"])
+        lines += ["", f"| layer {L}: metric | d_sae / d_model | " + " | ".join(_tokens(b) for b in budgets) + " |", "|---|---" + "|---" * len(budgets) + "|"]
+        for m in changing:
+            for w in widths:
+                row = t[t["width"] == w].set_index("train_tokens")
+                lines.append(f"| {SWEEP_METRICS[m]} | {w:g} | " + " | ".join(_verdict_cell(row, m, b) for b in budgets) + " |")
+    return "\n".join(lines).rstrip()
+
+
+def _verdict_cell(row: pd.DataFrame, metric: str, budget: int) -> str:
+    """SAE, neurons or – for one point's CI of ``metric`` (blank where the point is missing)."""
+    if budget not in row.index:
+        return ""
+    lo, hi = row.loc[budget, f"{metric}_lo"], row.loc[budget, f"{metric}_hi"]
+    return "" if pd.isna(lo) or pd.isna(hi) else "SAE" if lo > 0 else "neurons" if hi < 0 else "–"

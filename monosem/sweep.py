@@ -227,10 +227,10 @@ def natural_difference(sae_table: pd.DataFrame, other_table: pd.DataFrame, n_boo
 def flatten_headline(answer: pd.DataFrame) -> dict[str, float]:
     """One row of the headline table's SAE-against-neurons rows: ``<metric>_sae``, ``_neurons``, ``_diff``, ``_lo``, ``_hi``."""
     out: dict[str, float] = {}
-    for r in answer.itertuples():
-        m = str(r.metric)
-        out.update({f"{m}_sae": float(r.sae), f"{m}_neurons": float(r.other), f"{m}_diff": float(r.difference),  # type: ignore[arg-type]
-                    f"{m}_lo": float(r.ci_low), f"{m}_hi": float(r.ci_high)})  # type: ignore[arg-type]
+    for r in answer.to_dict(orient="records"):
+        m = str(r["metric"])
+        out.update({f"{m}_sae": float(r["sae"]), f"{m}_neurons": float(r["other"]), f"{m}_diff": float(r["difference"]), f"{m}_lo": float(r["ci_low"]),
+                    f"{m}_hi": float(r["ci_high"])})
     return out
 
 

@@ -17,10 +17,10 @@ import re
 import sys
 from pathlib import Path
 
-from monosem.config import settings_table_markdown
-from monosem.report import readme_findings
-from monosem.results import Summary
-from monosem.sae.train import training_defaults_markdown
+from monosem.config import RunConfig, settings_table_markdown
+from monosem.report import readme_findings, sweep_markdown
+from monosem.results import Summary, read_sweep
+from monosem.sae.train import training_defaults_markdown, training_plan
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BENCH_RESULTS = README.parent / "bench" / "RESULTS.md"
@@ -53,7 +53,20 @@ def run_times_markdown(path: Path = RUN_TIMES) -> str:
     return "\n".join(rows) if newest else "No run timed yet: `python bench/make_run_times.py --run bundled`."
 
 
-BLOCKS = {"settings": settings_table_markdown, "training-defaults": training_defaults_markdown, "speed-goals": bench_goals_markdown,
+DOCS = README.parent / "docs"
+
+
+def sweep_block() -> str:
+    """The budget sweep's sentences and tables from the committed ``docs/sweep.csv`` and ``docs/sweep.json``, against make
+    run's budget on the CPU for the default model (``monosem.sae.train.TRAINING_DEFAULTS``)."""
+    found = read_sweep(DOCS)
+    table, meta = found if found else (None, None)
+    d_model = int(round(table["d_sae"].iloc[0] / table["width"].iloc[0])) if table is not None and len(table) else 576
+    plan = training_plan(None, None, 0, d_model, "cpu")
+    return sweep_markdown(table, meta, RunConfig().sae_expansion, plan.tokens_per_sae)
+
+
+BLOCKS = {"settings": settings_table_markdown, "sweep": sweep_block, "training-defaults": training_defaults_markdown, "speed-goals": bench_goals_markdown,
           "run-times": run_times_markdown}
 
 

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from monosem.config import MonosemError
+from monosem.report import sweep_markdown
+from monosem.results import read_sweep, write_sweep
 from monosem.sae.train import SAETrainer, TokenSource
-from monosem.sweep import SweepPlan, WidthRun, epoch_batches, natural_difference, sweep_plan, train_sweep, verdicts
+from monosem.sweep import HEADLINE_METRICS, SweepPlan, WidthRun, epoch_batches, natural_difference, sweep_plan, train_sweep, verdicts
 
 
 def _tokens(n: int = 3000, d: int = 16, seed: int = 0) -> torch.Tensor:
@@ -94,3 +96,45 @@ def test_natural_difference_and_verdicts():
     v = verdicts(table, ["m", "n"]).set_index("metric")
     assert (v.loc["m", "above"], v.loc["m", "neither"], bool(v.loc["m", "stable"])) == (2, 1, False)
     assert bool(v.loc["n", "stable"]) and v.loc["n", "above"] == 3
+
+
+def _sweep_table(stable_above: bool = True) -> pd.DataFrame:
+    rows = []
+    for w in (2.0, 4.0):
+        for t in (250_000, 1_000_000):
+            row = {"layer": 3, "width": w, "d_sae": int(576 * w), "train_tokens": t, "epochs": t / 2e6, "fve_heldout": 0.7 + 0.1 * (t > 300_000) + 0.05 * (w > 2),
+                   "l0": 32.0, "dead_fraction": 0.0, "fidelity": 0.9}
+            for m in (*HEADLINE_METRICS, "specificity_corpus"):
+                lo, hi = (0.1, 0.2) if stable_above else (-0.1, 0.1)
+                if m == "probe_k1" and t > 300_000:  # the probe's verdict flips with the budget: neurons ahead at 1M only
+                    lo, hi = -0.2, -0.1
+                row.update({f"{m}_diff": (lo + hi) / 2, f"{m}_lo": lo, f"{m}_hi": hi})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+META = {"command": "make sweep", "commit": "abc1234", "date": "2026-12-07", "machine": "x", "model": "SmolLM2", "corpus": "WordNet",
+        "corpus_tokens_per_layer": 2_000_000, "plan": {"preset": "topk", "k": 32, "batch_size": 1024}, "seconds": {"total": 600.0}}
+
+
+def test_sweep_sentences_come_from_the_table():
+    text = sweep_markdown(_sweep_table(), META, 4.0, 200_704)
+    assert "at commit `abc1234`" in text and "4 SAEs from one pass" in text
+    assert "No point reaches held-out FVE 0.9" in text and "the highest is 0.850 at 4 x d_model and 1M tokens" in text
+    assert "mean specificity (the SAE ahead at all 4)" in text  # the same verdict everywhere
+    assert "**It differs between points** on the k = 1 probe" in text
+    assert "| the k = 1 probe | 2 | SAE | neurons |" in text  # width 2: SAE ahead at 250k, neurons at 1M
+    reached = _sweep_table().assign(fve_heldout=[0.8, 0.95, 0.85, 0.97])  # rows: 2x 250k, 2x 1M, 4x 250k, 4x 1M
+    assert "the fewest tokens that reach it: 1M at 2 x d_model" in sweep_markdown(reached, META, 4.0, 200_704)
+    assert "No sweep has run yet" in sweep_markdown(None, None, 4.0, 200_704)
+
+
+def test_sweep_files_round_trip(tmp_path):
+    import plotly.graph_objects as go
+
+    table = _sweep_table()
+    written = write_sweep(tmp_path, table, META, go.Figure())
+    assert {p.name for p in written} >= {"sweep.csv", "sweep.json", "sweep.html"}
+    back, meta = read_sweep(tmp_path)
+    assert meta["commit"] == "abc1234" and np.allclose(back["fve_heldout"], table["fve_heldout"])
+    assert not list(tmp_path.glob("*.tmp*")) and read_sweep(tmp_path / "missing") is None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import shutil
 import subprocess
 import sys
@@ -163,6 +164,8 @@ def execute_notebook(source: Path, out_dir: Path, timeout: int = 14400) -> Path:
         raise MonosemError(f"notebook {source} not found; the series is notebooks/0*.ipynb")
     nb = nbformat.read(source, as_version=4)
     widget_state_executor(timeout=timeout).preprocess(nb, {"metadata": {"path": str(source.parent.resolve())}})
+    # the largest resident memory of this process's finished children: the kernel (for bench/make_run_times.py)
+    nb.metadata["monosem"] = {"kernel_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
     return atomic_write_text(Path(out_dir) / source.name, nbformat.writes(nb))
 
 

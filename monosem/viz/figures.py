@@ -214,36 +214,39 @@ def fig_headline(headline: pd.DataFrame, model_name: str):
 
 
 SWEEP_PANELS = (("fve_heldout", "held-out FVE", False), ("fraction_specific", "share specific", True), ("specificity", "mean specificity", True),
-                ("sensitivity", "best sensitivity", True), ("coverage_k5", "coverage (k = 5)", True), ("probe_k1", "k = 1 probe AUROC", True),
-                ("specificity_corpus", "natural-text specificity", True))
+                ("sensitivity", "best sensitivity", True), ("coverage_k5", "coverage, k = 5", True), ("probe_k1", "k = 1 probe AUROC", True),
+                ("specificity_corpus", "natural-text specificity", True), ("fidelity", "downstream fidelity", False))
 
 
-def fig_sweep(table: pd.DataFrame, title: str):
+def fig_sweep(table: pd.DataFrame, title: str, columns: int = 4):
     """The budget sweep (``monosem.sweep``): per panel, a metric against training tokens (log axis), one line per width;
-    the first panel is the held-out FVE, the others the SAE-minus-neurons difference with its 95% CI (error bars)."""
+    FVE and fidelity as they are (the dotted line: FVE 0.9), the others as the SAE-minus-neurons difference with its 95% CI
+    (error bars; the dashed line: no difference). One block of panels per layer."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     layers = sorted(set(table["layer"]))
-    fig = make_subplots(rows=len(layers), cols=len(SWEEP_PANELS), subplot_titles=[f"{name}{' (SAE − neurons)' if diff else ''}, layer {L}"
-                                                                                  for L in layers for _, name, diff in SWEEP_PANELS],
-                        horizontal_spacing=0.035, vertical_spacing=0.12)
+    per_layer = -(-len(SWEEP_PANELS) // columns)
+    titles = [f"{name}{' − neurons' if diff else ''}" + (f" (layer {L})" if len(layers) > 1 else "") for L in layers for _, name, diff in SWEEP_PANELS]
+    fig = make_subplots(rows=per_layer * len(layers), cols=columns, subplot_titles=titles, horizontal_spacing=0.06, vertical_spacing=0.16 / len(layers))
     widths = sorted(set(table["width"]))
     colours = ["#9ecae1", "#4292c6", "#2171b5", "#08306b", "#000000"]
-    for r, L in enumerate(layers, start=1):
-        for c, (key, _, diff) in enumerate(SWEEP_PANELS, start=1):
+    for li, L in enumerate(layers):
+        for p, (key, _, diff) in enumerate(SWEEP_PANELS):
+            r, c = li * per_layer + p // columns + 1, p % columns + 1
             for i, w in enumerate(widths):
-                rows = table[(table["layer"] == L) & (table["width"] == w)].sort_values("train_tokens")
+                rows = table.loc[(table["layer"] == L) & (table["width"] == w)].sort_values(by="train_tokens")
                 y = rows[f"{key}_diff"] if diff else rows[key]
                 error = dict(type="data", symmetric=False, array=rows[f"{key}_hi"] - y, arrayminus=y - rows[f"{key}_lo"]) if diff else None
-                fig.add_trace(go.Scatter(x=rows["train_tokens"], y=y, mode="lines+markers", error_y=error, marker=dict(color=colours[i % len(colours)]),
+                shift = 1 + 0.06 * (i - (len(widths) - 1) / 2)  # side by side, so the error bars do not hide each other
+                fig.add_trace(go.Scatter(x=rows["train_tokens"] * shift, y=y, mode="lines+markers", error_y=error, marker=dict(color=colours[i % len(colours)]),
                                          line=dict(color=colours[i % len(colours)]), name=f"d_sae = {w:g} × d_model", legendgroup=f"w{w}",
-                                         showlegend=r == 1 and c == 1), row=r, col=c)
+                                         showlegend=li == 0 and p == 0), row=r, col=c)
             if diff:
                 fig.add_hline(y=0, line_dash="dash", line_color="black", row=r, col=c)  # pyright: ignore[reportArgumentType]
-            else:
+            elif key == "fve_heldout":
                 fig.add_hline(y=0.9, line_dash="dot", line_color="grey", row=r, col=c)  # pyright: ignore[reportArgumentType]
-            fig.update_xaxes(type="log", title_text="training tokens", row=r, col=c)
-    fig.update_layout(title=title, height=330 * len(layers) + 150, width=250 * len(SWEEP_PANELS) + 120, legend=dict(orientation="h", y=-0.2),
-                      font=dict(size=10))
+            fig.update_xaxes(type="log", title_text="training tokens", title_standoff=2, row=r, col=c)
+    fig.update_layout(title=title, height=300 * per_layer * len(layers) + 140, width=290 * columns + 80, legend=dict(orientation="h", y=-0.12),
+                      font=dict(size=11), margin=dict(t=90))
     return fig
