@@ -177,6 +177,23 @@ def _make_run_section(r: dict, goals: list) -> list[str]:
     return lines
 
 
+def _fidelity_error_section(r: dict) -> list[str]:
+    """How far the downstream fidelity on the first n held-out texts is from its value on many (bench/fidelity_error.py)."""
+    f = r.get("fidelity_error")
+    if not f:
+        return []
+    sizes = sorted({row["texts"] for row in f["rows"]})
+    layers = sorted({row["layer"] for row in f["rows"]})
+    cell = {(row["layer"], row["texts"]): row["abs_error"] for row in f["rows"]}
+    return ["", "## Downstream fidelity: how many held-out texts it needs", "",
+            f"`python bench/fidelity_error.py` on {f['model']} ({f['preset']} SAEs of the last `make run`): the absolute error of the fidelity "
+            f"(CE loss recovered) on the first n held-out texts against its value on {f['reference_texts']}; `make run` uses "
+            f"{f['default_texts']} for this model ({f['seconds_per_text_all_saes_of_a_layer']:.2f} s per text and layer for the clean run, "
+            "both ablations and one SAE).", "", "| layer | " + " | ".join(f"{n} texts" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"] + [
+            f"| {L} | " + " | ".join(f"{cell[L, n]:.3f}" for n in sizes) + " |" for L in layers] + [
+            "| largest | " + " | ".join(f"{max(cell[L, n] for L in layers):.3f}" for n in sizes) + " |"]
+
+
 def _met(name: str, value: float, target: float) -> bool:
     lower_is_better = "under" in name or "within" in name
     return value <= target if lower_is_better else value >= target
@@ -219,6 +236,7 @@ def write_report(r: dict, path: Path | None) -> None:
         if "make test" in r["commands"]:
             goals.append(("make test (no goal: measured only)", r["commands"]["make test"]["seconds"], None))
     lines += _make_run_section(r, goals)
+    lines += _fidelity_error_section(r)
     lines += ["", "## Goals", "", "| goal | measured | target | met |", "|---|---|---|---|"]
     for name, value, target in goals:
         shown = f"{value:.0%}" if "%" in name and "within" not in name else (f"{value:.1e}" if "within 1%" in name else f"{value:.2f}")

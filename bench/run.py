@@ -364,6 +364,11 @@ def main() -> None:
     if args.commands is not None:
         results["commands"] = time_commands(args.commands or ["run", "test"])
     results["make_run_times"] = latest_make_runs()
+    fidelity = ROOT / "bench" / "fidelity_error.json"  # written by bench/fidelity_error.py
+    if fidelity.is_file():
+        import json
+
+        results["fidelity_error"] = json.loads(fidelity.read_text(encoding="utf-8"))
     out = args.out or (None if quick else str(ROOT / "bench" / "RESULTS.md"))
     write_report(results, Path(out) if out else None)
 

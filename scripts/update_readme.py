@@ -39,9 +39,10 @@ RUN_TIMES = README.parent / "bench" / "make_run_times.json"
 
 
 def run_times_markdown(path: Path = RUN_TIMES) -> str:
-    """Every record of ``bench/make_run_times.json`` (written by ``bench/make_run_times.py``) as a table, oldest first."""
+    """The newest record per model of ``bench/make_run_times.json`` (written by ``bench/make_run_times.py``; older ones stay
+    there as history) as a table."""
     records = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
-    newest = dict(enumerate(records))
+    newest = {r["model"]: r for r in records}  # later records replace earlier ones of the same model
     rows = ["| model | machine | date | `make run` wall time | peak RSS | passed | load average before / after | note |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in newest.values():

@@ -77,3 +77,14 @@ def test_make_run_goals_come_from_the_newest_timed_runs():
     assert "| 02_train_sae | 500 | 5000 |" in lines and "store = ..." in lines
     default = next(k for k in named if k.startswith("make run, default model"))
     assert "not timed yet" in default  # no record: the goal is listed as not met, never silently dropped
+
+
+def test_gpu_smoke_says_so_without_cuda(monkeypatch, capsys):
+    import sys
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["gpu_smoke.py"])
+    assert load("gpu_smoke").main() == 2
+    assert "no CUDA device" in capsys.readouterr().err

@@ -164,7 +164,7 @@ TRAINING_DEFAULTS: tuple[tuple[tuple[str, ...], int | None, int, int], ...] = (
     (("cuda", "mps"), None, 10_000_000, 4096),  # a GPU: 10M tokens, as SAE training runs in the field start at 1e7
     (("cpu",), 512, 1_000_000, 1024),  # all-MiniLM-L6-v2 (d_model 384) and models of its size
     (("cpu",), 768, 200_000, 1024),  # SmolLM2-135M (d_model 576), the offline default: make run in under 10 minutes on 2 cores (a small budget)
-    (("cpu",), None, 250_000, 512),  # GPT-2 Medium size on a CPU: a run that finishes on 2 cores (README "Training"); 489 steps
+    (("cpu",), None, 250_000, 1024),  # GPT-2 Medium size on a CPU: a run that finishes on 2 cores (README "Training"); 245 steps
 )
 SIZE_EXAMPLES = {512: "all-MiniLM-L6-v2: 384", 768: "SmolLM2-135M: 576"}  # named in the README's table
 
