@@ -308,6 +308,8 @@ def sweep_markdown(table: pd.DataFrame | None, meta: dict[str, Any] | None, defa
                   f"fidelity {t['fidelity'].min():.3f}-{t['fidelity'].max():.3f}):", "",
                   "| d_sae / d_model | " + " | ".join(_tokens(b) for b in pivot.columns) + " |", "|---" * (len(pivot.columns) + 1) + "|"]
         lines += [f"| {w:g} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for w, row in pivot.iterrows()]
+        epochs = t.groupby("train_tokens")["epochs"].first()
+        lines.append("| passes over the corpus | " + " | ".join(f"{epochs[b]:.2f}" for b in pivot.columns) + " |")
         lines.append("")
     reached = table.loc[(table["fve_heldout"] >= FVE_AIM) & (table["l0"] <= L0_AIM)]
     best = table.loc[table["fve_heldout"].idxmax()]
@@ -328,12 +330,25 @@ def sweep_markdown(table: pd.DataFrame | None, meta: dict[str, Any] | None, defa
     records = v.to_dict(orient="records")
     for r in records:
         lines.append(f"| {SWEEP_METRICS[str(r['metric'])]} | {r['points']} | {r['above']} | {r['below']} | {r['neither']} | {'yes' if r['stable'] else 'no'} |")
-    stable = [f"{SWEEP_METRICS[str(r['metric'])]} ({'the SAE ahead' if r['above'] else 'the neurons ahead' if r['below'] else 'no answer'} at all {r['points']})"
-              for r in records if r["stable"]]
-    changing = [str(m) for m, ok in zip(v["metric"], v["stable"]) if not ok]
-    lines += ["", ("**The verdict is the same at every width and budget** on " + ", ".join(stable) + ". " if stable else "")
-              + ("**It differs between points** on " + ", ".join(SWEEP_METRICS[m] for m in changing) + " (where, below: SAE = the SAE ahead, "
-                 "neurons = the neurons ahead, – = no answer)." if changing else "")]
+    where = f"layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
+    ahead = [f"{SWEEP_METRICS[str(r['metric'])]} (the {'SAE' if r['above'] else 'neurons'} ahead at all {r['points']} points)"
+             for r in records if r["stable"] and (r["above"] or r["below"])]
+    silent = [f"{SWEEP_METRICS[str(r['metric'])]} ({r['points']} points)" for r in records if r["stable"] and not (r["above"] or r["below"])]
+    changing = [str(r["metric"]) for r in records if not r["stable"]]
+    missing = [f"{SWEEP_METRICS[str(r['metric'])]} ({len(table) - r['points']} of {len(table)})" for r in records if r["points"] < len(table)]
+    lines += [""]
+    if ahead:
+        lines.append(f"**At {where}, the verdict holds at every width and budget** on " + ", ".join(ahead) + ".")
+    if silent:
+        lines.append("No point's CI excludes 0 on " + ", ".join(silent) + ": the sweep cannot tell the bases apart there at any budget.")
+    if changing:
+        lines.append("**The verdict differs between points** on " + ", ".join(SWEEP_METRICS[m] for m in changing) + " (below: SAE = the SAE ahead, "
+                     "neurons = the neurons ahead, – = no answer). Each CI is per point, one training seed each, not corrected for the "
+                     f"{len(table)} comparisons: a lone change can be noise (notebook 03 shows the spread over seeds at make run's budget).")
+    if missing:
+        lines.append("Points without a CI (a side with too few specific units): " + ", ".join(missing) + ".")
+    lines.append("The neurons are thresholded anew at each point to that SAE's density. Natural-text specificity is the median top-20 precision "
+                 "(values k/20) of each basis's specific units, its CI a bootstrap over units, not paired over words as the other metrics are.")
     for L in layers if changing else []:
         t = table.loc[table["layer"] == L].sort_values(by=["width", "train_tokens"])
         lines += ["", f"| layer {L}: metric | d_sae / d_model | " + " | ".join(_tokens(b) for b in budgets) + " |", "|---|---" + "|---" * len(budgets) + "|"]

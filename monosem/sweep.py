@@ -33,7 +33,7 @@ from torch import Tensor
 
 from monosem.config import MonosemError
 from monosem.sae.base import SAE
-from monosem.sae.presets import PRESETS
+from monosem.sae.presets import PRESETS, preset_overrides
 from monosem.sae.train import SAETrainer, TokenSource, _schedule
 from monosem.store import ActivationStore
 
@@ -80,8 +80,9 @@ def sweep_plan(device: torch.device | str, run_layers: Sequence[int], batch_size
     the CPU widths 2-16, 0.25M-8M tokens, ``batch_size`` (make run's batch for this model) and the run's last layer.
     ``widths``, ``tokens`` and ``layers`` override."""
     gpu = torch.device(device).type in ("cuda", "mps")
-    if preset not in PRESETS or not PRESETS[preset].get("lr_decay", 0) > 0:
-        raise MonosemError(f"the sweep trains a preset with a learning-rate decay (topk, l1, matryoshka), got {preset!r}; set MONOSEM_SAE_PRESET")
+    if preset not in PRESETS or not PRESETS[preset].get("lr_decay", 0) > 0 or "l1_warmup" in PRESETS[preset]:
+        raise MonosemError(f"the sweep's budget branches are exact for the k-sparse presets (topk, matryoshka), got {preset!r} (l1's penalty warms "
+                           "up over the planned steps, so a branch would not be the SAE trained alone); set MONOSEM_SAE_PRESET")
     plan = SweepPlan(tuple(widths or (GPU_WIDTHS if gpu else CPU_WIDTHS)), tuple(sorted(tokens or (GPU_TOKENS if gpu else CPU_TOKENS))),
                      4096 if gpu else batch_size, tuple(layers if layers is not None else (run_layers if gpu else run_layers[-1:])), preset, k,
                      ("GPU" if gpu else "CPU") + " defaults" + (" with overrides" if widths or tokens or layers is not None else ""))
@@ -97,15 +98,23 @@ def one_pass(store: ActivationStore, layers: Sequence[int], dtype: torch.dtype =
     """One pass of the model over the store's texts (or its first ``max_tokens`` tokens, for a smoke test): every ordinary
     token's residual stream at ``layers`` ({layer: [n, d]}, in ``dtype`` on the CPU). The store judges massive activations
     at all its layers."""
+    import warnings
+
     parts: dict[int, list[Tensor]] = {L: [] for L in layers}
     source = store.model_batches()
     n = 0
-    for acts in source:
-        if store.epochs > 1 or (max_tokens is not None and n >= max_tokens):  # the second pass has begun, or enough
-            break
-        for L in layers:
-            parts[L].append(acts[L].to("cpu", dtype))
-        n += len(acts[layers[0]])
+    with warnings.catch_warnings():  # the store warns when it starts a second pass: here that only ends the loop
+        warnings.filterwarnings("ignore", message="the corpus .* is smaller than the training tokens")
+        for acts in source:
+            if store.epochs > 1 or (max_tokens is not None and n >= max_tokens):  # the second pass has begun, or enough
+                break
+            for L in layers:
+                part = acts[L].to("cpu", dtype)
+                if not torch.isfinite(part).all():
+                    raise MonosemError(f"layer {L}: activations overflow {dtype} (massive activations kept?); set MONOSEM_MASSIVE_FACTOR, "
+                                       "or pass a wider dtype")
+                parts[L].append(part)
+            n += len(acts[layers[0]])
     source.close()
     return {L: torch.cat(p) for L, p in parts.items()}
 
@@ -155,7 +164,7 @@ class WidthRun:
     @classmethod
     def start(cls, plan: SweepPlan, init_source: TokenSource, width: float, seed: int, device: torch.device | str) -> WidthRun:
         steps = plan.steps(max(plan.tokens))
-        main = SAETrainer(init_source, plan.preset, steps, seed, device, expansion=float(width), k=plan.k,
+        main = SAETrainer(init_source, plan.preset, steps, seed, device, **preset_overrides(plan.preset, float(width), plan.k),
                           lr_warmup=(plan.warmup_steps + 0.5) / steps, lr_decay=0.0)
         return cls(plan, main)
 
@@ -210,13 +219,19 @@ def train_sweep(plan: SweepPlan, data: dict[int, Tensor], init: dict[int, TokenS
     return runs
 
 
+MIN_UNITS = 5  # specific units each side needs for a natural-text CI
+
+
 def natural_difference(sae_table: pd.DataFrame, other_table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Median natural-text specificity (``specificity_corpus``) of each table's specific units, their difference and a 95%
-    bootstrap CI of it (units resampled within each table); NaN where a table has no specific unit with a value."""
+    """Median natural-text specificity (``specificity_corpus``, notebook 03's statistic) of each table's specific units,
+    their counts, the difference and a 95% bootstrap CI of it (units resampled within each table, not paired: the two
+    bases' specific units differ). Top-20 precision takes the values k/20, so medians tie and a CI can end on the
+    difference itself; the CI is NaN where a side has fewer than ``MIN_UNITS`` specific units."""
     values = [t.loc[t["specific"].astype(bool), "specificity_corpus"].dropna().to_numpy(dtype=float) for t in (sae_table, other_table)]
-    out = {"sae": float(np.median(values[0])) if len(values[0]) else math.nan, "other": float(np.median(values[1])) if len(values[1]) else math.nan}
+    out = {"sae": float(np.median(values[0])) if len(values[0]) else math.nan, "other": float(np.median(values[1])) if len(values[1]) else math.nan,
+           "n_sae": float(len(values[0])), "n_other": float(len(values[1]))}
     out["difference"] = out["sae"] - out["other"]
-    if not (len(values[0]) and len(values[1])):
+    if min(len(values[0]), len(values[1])) < MIN_UNITS:
         return {**out, "ci_low": math.nan, "ci_high": math.nan}
     rng = np.random.default_rng(seed)
     draws = [np.median(rng.choice(v, (n_boot, len(v)), replace=True), axis=1) for v in values]
@@ -278,5 +293,6 @@ class SweepScorer:
         nat = natural_difference(own.tables[basis][layer], other.tables[null][layer], 1000, self.seed)
         card = own.scorecard.iloc[0]
         return {**flatten_headline(answer), **{f"specificity_corpus_{k}": v for k, v in
-                                              {"sae": nat["sae"], "neurons": nat["other"], "diff": nat["difference"], "lo": nat["ci_low"], "hi": nat["ci_high"]}.items()},
+                                              {"sae": nat["sae"], "neurons": nat["other"], "diff": nat["difference"], "lo": nat["ci_low"], "hi": nat["ci_high"],
+                                               "n_sae": nat["n_sae"], "n_neurons": nat["n_other"]}.items()},
                 "n_specific": float(card["n_specific"]), "density_words_median": float(card["density_words_median"])}

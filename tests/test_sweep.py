@@ -23,24 +23,29 @@ def _tokens(n: int = 3000, d: int = 16, seed: int = 0) -> torch.Tensor:
 PLAN = SweepPlan(widths=(2.0,), tokens=(640, 1280, 2560), batch_size=32, layers=(0,), preset="topk", k=4, why="test")
 
 
-def test_branch_is_the_sae_trained_for_its_budget_alone():
+@pytest.mark.parametrize("preset,extra", [("topk", {}), ("topk", {"dead_steps": 2}), ("matryoshka", {})])  # dead_steps 2: AuxK is on
+def test_branch_is_the_sae_trained_for_its_budget_alone(preset, extra, monkeypatch):
+    from monosem.sae import presets
+
+    monkeypatch.setitem(presets.PRESETS, preset, {**presets.PRESETS[preset], **extra})
+    plan = SweepPlan(PLAN.widths, PLAN.tokens, PLAN.batch_size, PLAN.layers, preset, PLAN.k, "test")
     x = _tokens()
     src = TokenSource.of(x)
-    batches = [x[i] for i in epoch_batches(len(x), PLAN.batch_size, PLAN.steps(max(PLAN.tokens)), seed=1)]
-    run = WidthRun.start(PLAN, src, 2.0, seed=3, device="cpu")
+    batches = [x[i] for i in epoch_batches(len(x), plan.batch_size, plan.steps(max(plan.tokens)), seed=1)]
+    run = WidthRun.start(plan, src, 2.0, seed=3, device="cpu")
     for lo in range(0, len(batches), 7):  # groups of any size give the same steps
         run.steps_on(batches[lo : lo + 7])
-    assert sorted(run.finished) == list(PLAN.tokens)
-    for tokens in PLAN.tokens:
-        steps = PLAN.steps(tokens)
-        alone = SAETrainer(src, "topk", steps, 3, "cpu", expansion=2.0, k=4, lr_warmup=(PLAN.warmup_steps + 0.5) / steps, lr_decay=PLAN.decay)
+    assert sorted(run.finished) == list(plan.tokens)
+    for tokens in plan.tokens:
+        steps = plan.steps(tokens)
+        alone = SAETrainer(src, preset, steps, 3, "cpu", expansion=2.0, k=4, lr_warmup=(plan.warmup_steps + 0.5) / steps, lr_decay=plan.decay)
         alone.steps_on(batches[:steps])
         sae, history, _ = alone.finish()
         branch, branch_history, cfg = run.finished[tokens]
         for name, p in sae.state_dict().items():
             assert torch.equal(p, branch.state_dict()[name]), f"{tokens} tokens: {name} differs from the SAE trained alone"
         assert [h["loss"] for h in history] == [h["loss"] for h in branch_history]
-        assert cfg["lr_decay"] == PLAN.decay
+        assert cfg["lr_decay"] == plan.decay
     # the learning rate really decays at the end of each branch and not before (the branch differs from the constant run)
     assert PLAN.branch_step(640) == 20 - int(0.2 * 20) and PLAN.warmup_steps == 1
 
@@ -74,8 +79,9 @@ def test_plan_defaults_and_bad_input():
         sweep_plan("cpu", [0, 1], 1024, "topk", 32, layers=[5])
     with pytest.raises(MonosemError, match="at least 20 steps"):
         sweep_plan("cpu", [0], 1024, "topk", 32, tokens=[1000])
-    with pytest.raises(MonosemError, match="learning-rate decay"):
-        sweep_plan("cpu", [0], 1024, "reference", 32)
+    for preset in ("reference", "l1"):  # no decay; an L1 warm-up over the planned steps (a branch would differ)
+        with pytest.raises(MonosemError, match="exact for the k-sparse presets"):
+            sweep_plan("cpu", [0], 1024, preset, 32)
 
 
 def test_train_sweep_finishes_every_point():
@@ -88,9 +94,10 @@ def test_train_sweep_finishes_every_point():
 
 def test_natural_difference_and_verdicts():
     a = pd.DataFrame({"specific": [True] * 5 + [False], "specificity_corpus": [0.5, 0.6, 0.7, 0.6, 0.5, 0.0]})
-    b = pd.DataFrame({"specific": [True] * 4, "specificity_corpus": [0.0, 0.1, 0.0, 0.05]})
+    b = pd.DataFrame({"specific": [True] * 5, "specificity_corpus": [0.0, 0.1, 0.0, 0.05, 0.0]})
     out = natural_difference(a, b, 500, 0)
-    assert out["sae"] == 0.6 and out["other"] == 0.025 and out["ci_low"] > 0
+    assert out["sae"] == 0.6 and out["other"] == 0.0 and out["ci_low"] > 0 and (out["n_sae"], out["n_other"]) == (5, 5)
+    assert np.isnan(natural_difference(a, b.iloc[:4])["ci_low"])  # fewer than MIN_UNITS on a side: no CI
     assert np.isnan(natural_difference(a, b.assign(specific=False))["ci_low"])
     table = pd.DataFrame({"m_lo": [0.1, 0.2, -0.1], "m_hi": [0.3, 0.4, 0.1], "n_lo": [0.1, 0.1, 0.1], "n_hi": [0.2, 0.2, 0.2]})
     v = verdicts(table, ["m", "n"]).set_index("metric")
@@ -121,8 +128,11 @@ def test_sweep_sentences_come_from_the_table():
     text = sweep_markdown(_sweep_table(), META, 4.0, 200_704)
     assert "at commit `abc1234`" in text and "4 SAEs from one pass" in text
     assert "No point reaches held-out FVE 0.9" in text and "the highest is 0.850 at 4 x d_model and 1M tokens" in text
-    assert "mean specificity (the SAE ahead at all 4)" in text  # the same verdict everywhere
-    assert "**It differs between points** on the k = 1 probe" in text
+    assert "**At layer 3, the verdict holds at every width and budget** on the share of units passing the label (the SAE ahead at all 4 points)" in text
+    assert "**The verdict differs between points** on the k = 1 probe" in text and "not corrected for the 4 comparisons" in text
+    assert "| passes over the corpus | 0.12 | 0.50 |" in text
+    silent = sweep_markdown(_sweep_table(stable_above=False), META, 4.0, 200_704)
+    assert "No point's CI excludes 0 on the share of units passing the label (4 points)" in silent
     assert "| the k = 1 probe | 2 | SAE | neurons |" in text  # width 2: SAE ahead at 250k, neurons at 1M
     reached = _sweep_table().assign(fve_heldout=[0.8, 0.95, 0.85, 0.97])  # rows: 2x 250k, 2x 1M, 4x 250k, 4x 1M
     assert "the fewest tokens that reach it: 1M at 2 x d_model" in sweep_markdown(reached, META, 4.0, 200_704)
