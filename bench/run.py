@@ -316,7 +316,7 @@ def main() -> None:
     if args.only:  # the other sections' figures are the previous report's (each section's ratios are measured in one run)
         previous = previous_results(ROOT / "bench" / "RESULTS.md")
         previous.pop("commands", None)  # the make run goals now come from bench/make_run_times.json
-        keep = {"matmul_gflops": previous["matmul_gflops"]} if "extraction" not in only else {}  # the throughput the old shares were computed with
+        keep = {"matmul_gflops_extraction": previous.get("matmul_gflops_extraction", previous["matmul_gflops"])} if "extraction" not in only else {}
         results = {**previous, **results, **keep, "only": sorted(only), "measured_at": {**previous.get("measured_at", {}), **{s: results["date"] for s in only}}}
 
     if "extraction" in only:

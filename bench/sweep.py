@@ -68,6 +68,7 @@ def main() -> int:
         print("wrote " + ", ".join(str(p) for p in paths))
         return 0
     started = time.perf_counter()
+    code = commit()  # the code that runs: taken now, as commits made during a long sweep do not change it
     cfg = h.RunConfig.from_env()
     run = h.open_run(cfg)
     device = h.pick_device(cfg.device)
@@ -118,7 +119,7 @@ def main() -> int:
                   f"fidelity {fid['fidelity']:.3f}; specific {scores['fraction_specific_sae']:.3f} vs {scores['fraction_specific_neurons']:.3f}", flush=True)
     score_seconds = time.perf_counter() - t0
     table = pd.DataFrame(rows)
-    meta = {"command": "make sweep (python bench/sweep.py " + " ".join(sys.argv[1:]) + ")", "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
+    meta = {"command": "python bench/sweep.py " + " ".join(sys.argv[1:]) if sys.argv[1:] else "make sweep", "commit": code, "date": time.strftime("%Y-%m-%d %H:%M"),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}, torch {torch.__version__}", "model": run.spec.used, "d_model": d_model,
             "corpus": run.corpus_title, "corpus_tokens_per_layer": n_tokens, "plan": {k: v for k, v in vars(plan).items()}, "warmup_steps": plan.warmup_steps,
             "seconds": {"model_pass": round(model_seconds, 1), "training": round(train_seconds, 1), "scoring": round(score_seconds, 1),

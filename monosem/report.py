@@ -282,7 +282,8 @@ FVE_AIM, L0_AIM = 0.9, 64  # the default budget aims at held-out FVE >= 0.9 with
 
 
 def _tokens(n: float) -> str:
-    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+    """Training tokens as the budget asked for (steps x batch rounds them up a little): 0.25M, 8M; 26k below 0.1M."""
+    return f"{n / 1e6:.2g}M" if n >= 1e5 else f"{n / 1e3:.0f}k"
 
 
 def sweep_markdown(table: pd.DataFrame | None, meta: dict[str, Any] | None, default_width: float, default_tokens: int) -> str:
@@ -300,7 +301,7 @@ def sweep_markdown(table: pd.DataFrame | None, meta: dict[str, Any] | None, defa
              f"{meta['model']}, layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}, the {plan['preset']} preset (k = {plan['k']}) at "
              f"widths {', '.join(f'{w:g}' for w in widths)} x d_model and {_tokens(budgets[0])} to {_tokens(budgets[-1])} training tokens "
              f"(batch {plan['batch_size']:,}; {meta['corpus']}, {meta['corpus_tokens_per_layer']:,} tokens per pass, so up to "
-             f"{table['epochs'].max():.1f} epochs), {len(table)} SAEs from one pass of the model.", ""]
+             f"{table['epochs'].max():.1f} epochs), {len(table)} SAEs from one pass of the model." + (f" ({meta['note']}.)" if meta.get("note") else ""), ""]
     for L in layers:
         t = table[table["layer"] == L]
         pivot = t.pivot_table(index="width", columns="train_tokens", values="fve_heldout")
@@ -320,6 +321,11 @@ def sweep_markdown(table: pd.DataFrame | None, meta: dict[str, Any] | None, defa
     else:
         lines.append(f"No point reaches held-out FVE {FVE_AIM} (with L0 <= {L0_AIM}); the highest is {best['fve_heldout']:.3f} at "
                      f"{best['width']:g} x d_model and {_tokens(best['train_tokens'])} tokens.")
+    if len(budgets) > 1:
+        last = table.loc[table["train_tokens"].isin(budgets[-2:])].pivot_table(index="width", columns="train_tokens", values="fve_heldout")
+        gain = last[budgets[-1]] - last[budgets[-2]]
+        lines.append(f"From {_tokens(budgets[-2])} to {_tokens(budgets[-1])} tokens held-out FVE still changes by {gain.min():+.3f} to {gain.max():+.3f} "
+                     "(over the widths" + (" and layers" if len(layers) > 1 else "") + ").")
     near = table.iloc[((table["width"] - default_width).abs() + (np.log(table["train_tokens"]) - np.log(default_tokens)).abs()).argsort()[:1]]
     lines.append(f"`make run`'s budget ({default_width:g} x d_model, {_tokens(default_tokens)} tokens) lies nearest the sweep's point "
                  f"{near['width'].iloc[0]:g} x d_model, {_tokens(near['train_tokens'].iloc[0])} tokens (FVE {near['fve_heldout'].iloc[0]:.3f}).")
