@@ -6,29 +6,21 @@ feeding every SAE, each point scored against the MLP neurons as notebook 03's he
 
 Needs notebook 01's run of the same settings (`make run`, or notebook 01 alone). Writes `sweep.csv` (one row per layer,
 width and budget), `sweep.json` (the command, the commit, the machine, the plan, the times) and `sweep.png`/`sweep.html`
-(the figure) under `--out` (default `docs/`); `make report` turns the CSV into the README's sentences.
+(the figure) under `--out` (default `docs/`); `make readme` (and `make sweep` after the sweep) turns the CSV into the README's sentences.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return head + ("+uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+sys.path.insert(0, str(ROOT / "bench"))
+from make_run_times import commit  # noqa: E402  (the checked-out commit, '+changes' when the tree differs)
 
 
 def sweep_title(meta: dict) -> str:
