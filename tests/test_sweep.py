@@ -148,3 +148,21 @@ def test_sweep_files_round_trip(tmp_path):
     back, meta = read_sweep(tmp_path)
     assert meta["commit"] == "abc1234" and np.allclose(back["fve_heldout"], table["fve_heldout"])
     assert not list(tmp_path.glob("*.tmp*")) and read_sweep(tmp_path / "missing") is None
+
+
+def test_one_pass_keeps_every_token_of_one_pass_and_no_more():
+    import warnings
+
+    from monosem.store import ActivationStore
+    from monosem.sweep import one_pass
+    from monosem.testing import random_gpt2
+
+    model, tok = random_gpt2(n_layer=2, n_embd=32, n_head=2)
+    texts = [f"the {c} cat sat on mat number {i}" for i, c in enumerate(["red", "green", "blue", "small"] * 5)]
+    store = ActivationStore(model, tok, texts, [0, 1], batch_size=4, buffer_tokens=64, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the store's second-pass warning is not raised
+        data = one_pass(store, [1])
+    n = sum(len(tok(t)["input_ids"]) for t in texts)  # GPT-2 BPE adds no special tokens here
+    assert set(data) == {1} and data[1].shape == (n, 32) and data[1].dtype == torch.float16 and store.epochs == 2
+    assert len(one_pass(ActivationStore(model, tok, texts, [0, 1], batch_size=4, seed=0), [1], max_tokens=10)[1]) < n
