@@ -354,7 +354,12 @@ def sweep_markdown(table: pd.DataFrame | None, meta: dict[str, Any] | None, defa
     if missing:
         lines.append("Points without a CI (a side with too few specific units): " + ", ".join(missing) + ".")
     lines.append("The neurons are thresholded anew at each point to that SAE's density. Natural-text specificity is the median top-20 precision "
-                 "(values k/20) of each basis's specific units, its CI a bootstrap over units, not paired over words as the other metrics are.")
+                 "(values k/20) of each basis's specific units, its CI a bootstrap over units, not paired over words as the other metrics are: "
+                 f"the SAE's median is {table['specificity_corpus_sae'].min():.2f}-{table['specificity_corpus_sae'].max():.2f} and the neurons' "
+                 f"{table['specificity_corpus_neurons'].min():.2f}-{table['specificity_corpus_neurons'].max():.2f} over the points.")
+    if "specificity_corpus_n_neurons" not in table:
+        lines.append("This sweep's natural-text CIs were computed before the rule that each side needs at least 5 specific units, and the "
+                     "CSV has no counts of them: rerun `make sweep` for both.")
     for L in layers if changing else []:
         t = table.loc[table["layer"] == L].sort_values(by=["width", "train_tokens"])
         lines += ["", f"| layer {L}: metric | d_sae / d_model | " + " | ".join(_tokens(b) for b in budgets) + " |", "|---|---" + "|---" * len(budgets) + "|"]

@@ -50,7 +50,7 @@ def run_times_markdown(path: Path = RUN_TIMES) -> str:
             f"; the run got {r['cpu_percent']}% CPU of {100 * int(m.group(1))}%" if "cpu_percent" in r and (m := re.search(r"(\d+) CPUs", r["machine"])) else "")
         per_notebook = "; ".join(f"{name.split('_')[0]} {sec / 60:.1f} min" for name, sec in r.get("notebook_seconds", {}).items())
         rows.append(f"| {r['model']} | {r['machine']} | {r['date']} | {r['seconds'] / 60:.1f} min" + (f" ({per_notebook})" if per_notebook else "")
-                    + f" | {r['peak_rss_mb'] / 1024:.1f} GB | {'yes' if r['ok'] else '**no**'} | {load} | {r.get('note', '')} |")
+                    + f" | {r['peak_rss_mb'] / 1024:.1f} GiB | {'yes' if r['ok'] else '**no**'} | {load} | {r.get('note', '')} |")
     return "\n".join(rows) if newest else "No run timed yet: `python bench/make_run_times.py --run bundled`."
 
 

@@ -110,7 +110,8 @@ def _sweep_table(stable_above: bool = True) -> pd.DataFrame:
     for w in (2.0, 4.0):
         for t in (250_000, 1_000_000):
             row = {"layer": 3, "width": w, "d_sae": int(576 * w), "train_tokens": t, "epochs": t / 2e6, "fve_heldout": 0.7 + 0.1 * (t > 300_000) + 0.05 * (w > 2),
-                   "l0": 32.0, "dead_fraction": 0.0, "fidelity": 0.9}
+                   "l0": 32.0, "dead_fraction": 0.0, "fidelity": 0.9, "specificity_corpus_sae": 0.2, "specificity_corpus_neurons": 0.0,
+                   "specificity_corpus_n_sae": 9, "specificity_corpus_n_neurons": 6}
             for m in (*HEADLINE_METRICS, "specificity_corpus"):
                 lo, hi = (0.1, 0.2) if stable_above else (-0.1, 0.1)
                 if m == "probe_k1" and t > 300_000:  # the probe's verdict flips with the budget: neurons ahead at 1M only
@@ -131,6 +132,8 @@ def test_sweep_sentences_come_from_the_table():
     assert "**At layer 3, the verdict holds at every width and budget** on the share of units passing the label (the SAE ahead at all 4 points)" in text
     assert "**The verdict differs between points** on the k = 1 probe" in text and "not corrected for the 4 comparisons" in text
     assert "| passes over the corpus | 0.12 | 0.50 |" in text
+    assert "the SAE's median is 0.20-0.20 and the neurons' 0.00-0.00" in text and "before the rule" not in text
+    assert "before the rule" in sweep_markdown(_sweep_table().drop(columns="specificity_corpus_n_neurons"), META, 4.0, 200_704)
     silent = sweep_markdown(_sweep_table(stable_above=False), META, 4.0, 200_704)
     assert "No point's CI excludes 0 on the share of units passing the label (4 points)" in silent
     assert "| the k = 1 probe | 2 | SAE | neurons |" in text  # width 2: SAE ahead at 250k, neurons at 1M
