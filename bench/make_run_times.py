@@ -47,9 +47,9 @@ def save_random_gpt2_medium(folder: Path) -> Path:
     """The GPT-2 Medium architecture (24 blocks, d_model 1024, 16 heads) with random weights and the real GPT-2 BPE
     tokenizer, saved with ``save_pretrained`` in ``folder`` (what `make run MODEL=<folder>` loads)."""
     sys.path.insert(0, str(ROOT))
-    from monosem.testing import random_gpt2
+    from monosem.testing import random_gpt2_medium
 
-    model, tok = random_gpt2(n_layer=24, n_embd=1024, n_head=16, n_positions=1024, seed=0)
+    model, tok = random_gpt2_medium(seed=0)
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return folder

@@ -36,7 +36,7 @@ from monosem.corpus import background_texts, wordnet_dir
 from monosem.dataset import CATEGORIES, load_concepts
 from monosem.model import get_blocks, load_model, resolve_model
 from monosem.scorecard import unit_table
-from monosem.testing import ROOT, random_gpt2
+from monosem.testing import ROOT, random_gpt2_medium
 from monosem.viz.widgets import SelectivityExplorer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ itself, when imported from elsewhere
@@ -95,7 +95,7 @@ def matmul_gflops(repeat: int = 5) -> float:
 
 def gpt2_medium_random():
     """GPT-2 Medium architecture with random weights and the real GPT-2 BPE tokenizer."""
-    return random_gpt2(n_layer=24, n_embd=1024, n_head=16, n_positions=1024, seed=0)
+    return random_gpt2_medium(seed=0)
 
 
 def texts_of_length(tok, n: int, seq: int) -> list[str]:

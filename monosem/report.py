@@ -61,11 +61,16 @@ METRIC_WORDS = {"fraction_specific": "share of firing units passing the label's 
                 "probe_k1": "k = 1 probe AUROC (held out)"}
 
 
+def _ci_side(lo: Any, hi: Any) -> str | None:
+    """Where a 95% CI lies: 'above' 0, 'below' 0, 'neither' (it contains 0), or None without one (missing or NaN)."""
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return None
+    return "above" if lo > 0 else "below" if hi < 0 else "neither"
+
+
 def _verdict(row: dict) -> str:
-    lo, hi = row.get("ci_low"), row.get("ci_high")
-    if lo is None or hi is None:
-        return "no CI"
-    return "SAE higher" if lo > 0 else "other higher" if hi < 0 else "not told apart"
+    side = _ci_side(row.get("ci_low"), row.get("ci_high"))
+    return {"above": "SAE higher", "below": "other higher", "neither": "not told apart", None: "no CI"}[side]
 
 
 def headline_sentences(s: Summary) -> list[str]:
@@ -374,5 +379,5 @@ def _verdict_cell(row: pd.DataFrame, metric: str, budget: int) -> str:
     """SAE, neurons or – for one point's CI of ``metric`` (blank where the point is missing)."""
     if budget not in row.index:
         return ""
-    lo, hi = row.loc[budget, f"{metric}_lo"], row.loc[budget, f"{metric}_hi"]
-    return "" if pd.isna(lo) or pd.isna(hi) else "SAE" if lo > 0 else "neurons" if hi < 0 else "–"
+    side = _ci_side(row.loc[budget, f"{metric}_lo"], row.loc[budget, f"{metric}_hi"])
+    return {"above": "SAE", "below": "neurons", "neither": "–", None: ""}[side]

@@ -39,6 +39,12 @@ def random_gpt2(n_layer: int = 6, n_embd: int = 64, n_head: int = 4, n_positions
     return model, gpt2_bpe_tokenizer()
 
 
+def random_gpt2_medium(seed: int = 0) -> tuple[Any, Any]:
+    """The GPT-2 Medium architecture (24 blocks, d_model 1024, 16 heads, 1024 positions) with random weights and the real
+    GPT-2 BPE: what the benchmarks and the GPT-2 Medium-size timing run."""
+    return random_gpt2(n_layer=24, n_embd=1024, n_head=16, n_positions=1024, seed=seed)
+
+
 def small_concepts(concepts: pd.DataFrame, per_category: int = 2) -> pd.DataFrame:
     """The rows of the first ``per_category`` words of every category of the concept dataset."""
     words = concepts.drop_duplicates("word").groupby("concept").head(per_category)["word"]
